@@ -159,10 +159,16 @@ def find_cases(dataset_dir: PathLike, require_label: bool = True) -> tuple[str, 
 
 
 def make_datalist(dataset_dir: PathLike, num_folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """A training datalist of the labelled cases of ``dataset_dir``, each assigned to one of ``num_folds`` folds."""
+    """A training datalist of the labelled cases of ``dataset_dir``, each assigned to one of ``num_folds`` folds.
+
+    ``num_folds`` 1 puts every case in fold 0: a data set to evaluate or infer on as a whole (split "all").
+    """
     layout, cases = find_cases(dataset_dir, require_label=True)
-    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or not 2 <= num_folds <= len(cases):
-        raise ValueError(f"num_folds must be an integer from 2 to {len(cases)} (number of cases), got {num_folds!r}")
+    if isinstance(num_folds, bool) or not isinstance(num_folds, (int, np.integer)) or not 1 <= num_folds <= len(cases):
+        raise ValueError(
+            f"num_folds must be an integer from 1 to {len(cases)} (the number of cases in {dataset_dir}), "
+            f"got {num_folds!r}"
+        )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     for rank, index in enumerate(np.random.default_rng(int(seed)).permutation(len(cases))):
@@ -216,8 +222,8 @@ def _datalist_problem(data: Any) -> str | None:
     order = data["channel_order"]
     if not isinstance(order, list) or not all(map(_is_int, order)) or sorted(order) != [0, 1, 2, 3]:
         return f"channel_order must be a permutation of [0, 1, 2, 3], got {order!r}"
-    if not _is_int(data["num_folds"]) or data["num_folds"] < 2:
-        return f"num_folds must be an integer >= 2, got {data['num_folds']!r}"
+    if not _is_int(data["num_folds"]) or data["num_folds"] < 1:
+        return f"num_folds must be an integer >= 1, got {data['num_folds']!r}"
     if not isinstance(data["training"], list) or not data["training"]:
         return "'training' must be a non-empty list of cases"
     for i, item in enumerate(data["training"]):
@@ -257,9 +263,48 @@ def _absolute_paths(datalist: dict[str, Any], dataset_dir: PathLike) -> dict[str
     absolute = lambda p: os.path.join(root, p)  # noqa: E731  (os.path.join keeps absolute paths)
     training = []
     for item in datalist["training"]:
-        image = absolute(item["image"]) if isinstance(item["image"], str) else [absolute(p) for p in item["image"]]
-        training.append({**item, "image": image, "label": absolute(item["label"])})
+        item = {**item, "image": absolute(item["image"]) if isinstance(item["image"], str) else [absolute(p) for p in item["image"]]}
+        if "label" in item:
+            item["label"] = absolute(item["label"])
+        training.append(item)
     return {**datalist, "training": training}
+
+
+def inference_datalist(dataset_dir: PathLike, datalist_file: PathLike | None = None) -> dict[str, Any]:
+    """The cases to segment, with absolute paths and their files checked; labels are not needed nor loaded.
+
+    Every case of ``dataset_dir`` in one of the supported layouts, or every case of ``datalist_file`` (paths
+    relative to ``dataset_dir``). Returns the datalist keys ``layout``, ``label_convention``, ``channel_order``
+    and ``training`` (the cases, without ``label``).
+    """
+    if datalist_file:
+        datalist = load_datalist(datalist_file, dataset_dir)
+    else:
+        layout, cases = find_cases(dataset_dir, require_label=False)
+        datalist = _absolute_paths(
+            {
+                "layout": layout,
+                "label_convention": LAYOUT_CONVENTION[layout],
+                "channel_order": CHANNEL_ORDER[layout],
+                "training": cases,
+            },
+            dataset_dir,
+        )
+    cases = [{k: v for k, v in case.items() if k != "label"} for case in datalist["training"]]
+    for case in cases:
+        check_case_files(case)
+    return {**datalist, "training": cases}
+
+
+def case_id_from_path(path: PathLike) -> str:
+    """The case id of an image file: its name without extension and modality suffix (BraTS) or as is (MSD)."""
+    name = os.path.basename(os.fspath(path))
+    stem = next((name[: -len(ext)] for ext in _EXTS if name.endswith(ext)), name)
+    for suffixes, _ in BRATS_SUFFIXES.values():
+        for suffix in sorted(suffixes, key=len, reverse=True):
+            if stem.endswith(suffix):
+                return stem[: -len(suffix)]
+    return stem
 
 
 def resolve_datalist(

@@ -10,9 +10,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from bundle.datalist import case_id_from_path
 from bundle.labels import REGIONS, label_values
 
-__all__ = ["LabelsToClassesd", "ClassesToLabelsd", "ClassesToRegionsd", "class_map_to_regions"]
+__all__ = ["LabelsToClassesd", "ClassesToLabelsd", "ClassesToRegionsd", "class_map_to_regions", "case_name_formatter"]
 
 
 def _source_name(data: MetaTensor | torch.Tensor | np.ndarray) -> str:
@@ -80,3 +81,8 @@ class ClassesToRegionsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = class_map_to_regions(d[key])
         return d
+
+
+def case_name_formatter(metadict: dict, saver: object) -> dict[str, str]:
+    """``SaveImaged`` name formatter: outputs are named by case id, ``<output_dir>/<case_id>.nii.gz``."""
+    return {"subject": case_id_from_path(metadict["filename_or_obj"])}

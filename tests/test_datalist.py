@@ -157,7 +157,7 @@ def test_folds_balanced_and_deterministic(tmp_path: Path) -> None:
     assert len({tuple(folds(s)) for s in range(6)}) > 1
 
 
-@pytest.mark.parametrize("num_folds", [1, 0, 7, "abc", 2.5, True])
+@pytest.mark.parametrize("num_folds", [0, 7, "abc", 2.5, True])
 def test_bad_num_folds(brats2021: Path, num_folds: object) -> None:
     with pytest.raises(ValueError, match=f"num_folds.*got {num_folds!r}"):
         make_datalist(brats2021, num_folds=num_folds)  # type: ignore[arg-type]
@@ -273,3 +273,9 @@ def test_cli(tmp_path: Path, msd: Path) -> None:
     result = _cli("--dataset-dir", str(tmp_path / "no_such_data"), "--output", str(tmp_path / "x.json"), cwd=tmp_path)
     assert result.returncode == 1 and "no_such_data" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_single_fold_holds_every_case(brats2021: Path) -> None:
+    datalist = make_datalist(brats2021, num_folds=1)
+    assert {c["fold"] for c in datalist["training"]} == {0}
+    assert len(split_cases(datalist, 0, "all")) == len(datalist["training"])
