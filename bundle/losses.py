@@ -57,7 +57,8 @@ class Vox2VoxLoss(torch.nn.Module):
             raise ValueError(f"alpha must be non-negative, got {alpha}.")
         self.alpha = float(alpha)
         self.dice = FixedWeightGeneralizedDiceLoss(class_weights)
-        self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        # plain LSGAN on the logits: MONAI otherwise puts a LeakyReLU(0.05) on them first
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
 
     def generator(
         self, fake_logits: torch.Tensor, pred: torch.Tensor, label: torch.Tensor

@@ -1,0 +1,66 @@
+"""One iteration of the conditional adversarial trainer."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from monai.networks import one_hot
+
+from bundle.losses import Vox2VoxLoss
+from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
+from bundle.trainer import Vox2VoxTrainer, gan_losses
+
+
+def make_trainer(generator, discriminator, batch) -> Vox2VoxTrainer:
+    return Vox2VoxTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=generator,
+        optimizer=torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        discriminator=discriminator,
+        d_optimizer=torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        loss_function=Vox2VoxLoss(class_weights=[0.25, 40.0, 15.0, 50.0]),
+    )
+
+
+def tiny_batch() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    label = torch.zeros(2, 1, 32, 32, 32, dtype=torch.long)
+    label[:, :, 8:20, 8:20, 8:20] = 2
+    label[:, :, 10:16, 10:16, 10:16] = 3
+    label[:, :, 12:14, 12:14, 12:14] = 1
+    return {"image": torch.randn(2, 4, 32, 32, 32), "label": label}
+
+
+def test_one_iteration_updates_both_networks_from_their_own_loss() -> None:
+    torch.manual_seed(0)
+    # no dropout, so the same forward pass can be recomputed here to check the gradients
+    generator, discriminator = Vox2VoxGenerator(features=4, dropout=0.0), Vox2VoxDiscriminator(channels=4, dropout=0.0)
+    before_g, before_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    batch = tiny_batch()
+    trainer = make_trainer(generator, discriminator, batch)
+    trainer.run()
+
+    changed = lambda a, b: any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
+    assert changed(generator, before_g) and changed(discriminator, before_d)
+
+    # expected gradients: L_G into G only (D frozen for it), L_D into D only, from one forward pass
+    loss = Vox2VoxLoss(class_weights=[0.25, 40.0, 15.0, 50.0])
+    image, label = batch["image"], batch["label"]
+    pred = before_g(image)
+    real = before_d(torch.cat([image, one_hot(label, 4)], 1))[-1]
+    fake = before_d(torch.cat([image, pred], 1))[-1]
+    g_loss = loss.generator(fake, pred, label)[0]
+    d_loss = loss.discriminator(real, fake)
+    g_grads = torch.autograd.grad(g_loss, list(before_g.parameters()), retain_graph=True)
+    d_grads = torch.autograd.grad(d_loss, list(before_d.parameters()))
+    for param, expected in zip(generator.parameters(), g_grads):
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6)
+    for param, expected in zip(discriminator.parameters(), d_grads):
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6)
+
+    losses = gan_losses(trainer.state.output)
+    assert set(losses) == {"loss", "g_adv_loss", "g_dice_loss", "d_loss"}
+    assert abs(losses["loss"] - g_loss.item()) < 1e-5 and abs(losses["d_loss"] - d_loss.item()) < 1e-6
