@@ -56,19 +56,18 @@ def _mni() -> dict[str, Any]:
     maps["t1"] /= np.median(maps["t1"][maps["wm"] > 0.9])
     affine = imgs["t1"].affine
     brain = maps["mask"] > 0.5
-    lo, hi = (np.array([np.flatnonzero(brain.any(axis=tuple(b for b in range(3) if b != a)))[i] for a in range(3)])
-              for i in (0, -1))
-    # candidate centres on a 2 mm lattice: grey/white matter of the cerebrum, with their depth below the brain surface
+    vox = np.argwhere(brain)
+    lo, hi = nib.affines.apply_affine(affine, np.stack([vox.min(0), vox.max(0)]))  # world bounding box of the brain
+    # candidate tumour centres on a 2 mm lattice: grey or white matter of the cerebrum, with their depth in the brain
     sub = (slice(None, None, 2),) * 3
     depth = ndi.distance_transform_edt(brain[sub], sampling=2.0)
-    ijk = np.stack(np.nonzero((depth >= 6) & ((maps["wm"][sub] > 0.5) | (maps["gm"][sub] > 0.5))), 1) * 2
-    xyz = nib.affines.apply_affine(affine, ijk)
+    ijk = np.argwhere((depth >= 6) & ((maps["wm"][sub] > 0.5) | (maps["gm"][sub] > 0.5)))
+    xyz = nib.affines.apply_affine(affine, ijk * 2)
     x, y, z = xyz.T
     keep = (z > -15) & ~((y < -35) & (z < 5)) & ~((np.abs(x) < 10) & (z < 5))  # no cerebellum or brainstem
-    return {**maps, "affine": affine, "inv_affine": np.linalg.inv(affine).astype(np.float32),
-            "centre": nib.affines.apply_affine(affine, (lo + hi) / 2), "lo": nib.affines.apply_affine(affine, lo),
-            "hi": nib.affines.apply_affine(affine, hi), "cand_xyz": xyz[keep], "cand_depth": depth[tuple(ijk[keep].T // 2)],
-            "cand_wm": maps["wm"][tuple(ijk[keep].T)] > 0.5}
+    ijk = tuple(ijk[keep].T)
+    return {**maps, "affine": affine, "inv_affine": np.linalg.inv(affine).astype(np.float32), "lo": lo, "hi": hi,
+            "centre": (lo + hi) / 2, "cand_xyz": xyz[keep], "cand_depth": depth[ijk], "cand_wm": maps["wm"][sub][ijk] > 0.5}
 
 
 def output_grid(spacing: float = 1.0) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -85,18 +84,22 @@ def _smooth(rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, 
     lattice, interpolated with normalised Gaussian weights along each axis in turn (separable, hence cheap even at
     full size, unlike filtering a full-size volume)."""
     field = rng.uniform(-amplitude, amplitude, nodes).astype(np.float32)
+    weights = []
     for n, m in zip(shape, nodes):
         sigma = 0.6 * max((n - 1) / max(m - 1, 1), 1.0)
         w = np.exp(-0.5 * ((np.arange(n)[:, None] - np.linspace(0, n - 1, m)) / sigma) ** 2)
-        field = np.tensordot(field, (w / w.sum(1, keepdims=True)).astype(np.float32), axes=(0, 1))
-    return field
+        weights.append((w / w.sum(1, keepdims=True)).astype(np.float32))
+    # one axis at a time with plain einsum: no BLAS, so no thread oversubscription in the worker pool
+    field = np.einsum("abc,ia->ibc", field, weights[0])
+    field = np.einsum("ibc,jb->ijc", field, weights[1])
+    return np.einsum("ijc,kc->ijk", field, weights[2])
 
 
 def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm: np.ndarray, axes: list[np.ndarray],
                 spacing: float, centre: np.ndarray, size: float) -> None:
     """Paint one tumour into ``seg`` (in place) around world point ``centre``: a randomly deformed ellipsoid core
     (enhancing rim, necrosis inside in most cases) and irregular oedema spreading preferentially into white matter."""
-    r_core = max(size * rng.uniform(0.3, 0.6), 2 * spacing)
+    r_core = max(size * rng.uniform(0.4, 0.65), 2 * spacing)
     extent = max(size - r_core, 2 * spacing)  # mean oedema thickness around the core
     elong = np.exp(rng.normal(0, 0.25, 3))
     elong /= np.cbrt(elong.prod())  # semi-axis factors at constant volume
@@ -105,7 +108,7 @@ def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm
     idx = [(c - ax[0]) / (ax[1] - ax[0]) for ax, c in zip(axes, centre)]  # centre in crop voxel units
     box = tuple(slice(max(int(i - half / spacing), 0), max(int(i + half / spacing) + 2, 0)) for i in idx)
     d = np.meshgrid(*(ax[b] - c for ax, b, c in zip(axes, box, centre)), indexing="ij", sparse=True)
-    rot, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    rot = np.linalg.qr(rng.standard_normal((3, 3)))[0]  # random orientation
     rho = np.sqrt(sum((sum(rot[a, b] * d[a] for a in range(3)) / (r_core * elong[b])) ** 2 for b in range(3)))
     core = rho < 1 + wobble * _smooth(rng, (5, 5, 5), rho.shape)
     core[np.unravel_index(np.argmin(rho), rho.shape)] = True
@@ -113,9 +116,11 @@ def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm
     if not core.any():
         return
     rim = max(rng.uniform(3.0, 6.0), 1.5 * spacing)
-    ncr = core & (ndi.distance_transform_edt(core, sampling=spacing) - spacing / 2 > rim) & (rng.random() < 0.8)
+    ncr = core & (ndi.distance_transform_edt(core, sampling=spacing) - spacing / 2 > rim) & (rng.random() < 0.85)
     reach = extent * (0.3 + wm[box]) * (1 + 0.5 * _smooth(rng, (5, 5, 5), rho.shape))
-    ed = (ndi.distance_transform_edt(~core, sampling=spacing) - spacing / 2 <= reach) & brain[box] & ~core
+    ed = (ndi.distance_transform_edt(~core, sampling=spacing) - spacing / 2 <= reach) & brain[box]
+    parts, _ = ndi.label(ed | core)
+    ed = np.isin(parts, np.unique(parts[core])) & ~core  # one connected lesion: drop oedema islands
     sub = seg[box]
     sub[ed & (sub == 0)] = 2
     sub[core & (sub != 1)] = 4
@@ -132,7 +137,7 @@ def make_case(case_index: int, seed: int, spacing: float = 1.0) -> dict[str, np.
     mni = _mni()
     shape, affine = output_grid(spacing)
     # work on the crop of the grid that can see the brain; everything outside it is background
-    margin = MAX_DEFORM_MM + 10.0 + 2 * spacing
+    margin = MAX_DEFORM_MM + 5.0 + 2 * spacing  # deformation, global scaling
     ends = nib.affines.apply_affine(np.linalg.inv(affine), np.stack([mni["lo"] - margin, mni["hi"] + margin]))
     lo = np.clip(np.floor(ends.min(0)).astype(int), 0, shape)
     hi = np.clip(np.ceil(ends.max(0)).astype(int) + 1, 0, shape)
@@ -141,60 +146,56 @@ def make_case(case_index: int, seed: int, spacing: float = 1.0) -> dict[str, np.
     # world point each voxel samples from the MNI brain: global scaling about the centre plus a smooth deformation
     scale = rng.uniform(0.98, 1.08) * rng.uniform(0.98, 1.02, 3)
     c = mni["centre"]
-    world = np.stack([((c[a] + scale[a] * (axes[a] - c[a])).reshape([-1 if b == a else 1 for b in range(3)])
-                       + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM)).ravel() for a in range(3)]).astype(np.float32)
-    coords = mni["inv_affine"][:3, :3] @ world + mni["inv_affine"][:3, 3:]
+    world = [(c[a] + scale[a] * (axes[a] - c[a])).astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
+             + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM) for a in range(3)]
+    inv = mni["inv_affine"]
+    coords = np.stack([(sum(inv[a, b] * world[b] for b in range(3) if inv[a, b]) + inv[a, 3]).ravel() for a in range(3)])
     del world
-
-    def sample(name: str, where: np.ndarray | None = None) -> np.ndarray:
-        """Trilinear sample of an MNI map at the voxels ``where`` (all if None) of the crop."""
-        out = np.zeros(crop, np.float32)
-        pts = coords if where is None else coords[:, where.ravel()]
-        values = ndi.map_coordinates(mni[name], pts, order=1, prefilter=False)
-        if where is None:
-            return values.reshape(crop)
-        out[where] = values
-        return out
-
-    mask = sample("mask")
+    mask = ndi.map_coordinates(mni["mask"], coords, order=1).reshape(crop)
     brain = mask > 0.5
-    gm, wm, tmpl = sample("gm", brain), sample("wm", brain), sample("t1", brain)
+    # from here on, images are 1-D arrays over the brain voxels only (zero outside, like skull-stripped BraTS)
+    pts = coords[:, brain.ravel()]
     del coords
-    csf = np.clip(mask - gm - wm, 0, 1) * brain
+    gm, wm, tmpl = (ndi.map_coordinates(mni[k], pts, order=1) for k in ("gm", "wm", "t1"))
+    csf = np.clip(mask[brain] - gm - wm, 0, 1)
+    wm3 = np.zeros(crop, np.float32)
+    wm3[brain] = wm
 
     seg = np.zeros(crop, np.uint8)
     n_tumours = 2 if rng.random() < 0.15 else 1
     for k in range(n_tumours):
         size = rng.uniform(12, 35) * (0.7 if k else 1.0)  # whole-tumour radius, mm
-        core_reach = size * 0.7 * 1.5
         use_wm = mni["cand_wm"] if rng.random() < 0.75 else ~mni["cand_wm"]
-        ok = use_wm & (mni["cand_depth"] >= min(core_reach + 3, 0.8 * mni["cand_depth"].max()))
-        ok = ok if ok.any() else mni["cand_depth"] >= 0.8 * mni["cand_depth"].max()
+        deep = mni["cand_depth"] >= min(0.6 * size + 3, 0.8 * mni["cand_depth"].max())  # room for the core
+        ok = use_wm & deep if (use_wm & deep).any() else deep
         centre = mni["cand_xyz"][rng.choice(np.flatnonzero(ok))]
-        _add_tumour(rng, seg, brain, wm, axes, spacing, c + (centre - c) / scale, size)
+        _add_tumour(rng, seg, brain, wm3, axes, spacing, c + (centre - c) / scale, size)
 
-    # soft (about one voxel) class fractions in the tumour's bounding box, and a smooth texture per modality
-    tb = ndi.find_objects((seg > 0).view(np.uint8))[0] if seg.any() else (slice(0, 0),) * 3
+    # soft (about one voxel) class fractions in the tumour's bounding box, at the brain voxels there
+    tb = ndi.find_objects((seg > 0).view(np.uint8))[0]
     tb = tuple(slice(max(b.start - 2, 0), b.stop + 2) for b in tb)
-    frac = [ndi.gaussian_filter((seg[tb] == v).astype(np.float32), 0.4) for v in TUMOUR_LABELS]
+    index = np.full(crop, -1, np.int32)
+    index[brain] = np.arange(len(wm), dtype=np.int32)
+    in_tb = brain[tb]
+    ids = index[tb][in_tb]
+    frac = [ndi.gaussian_filter((seg[tb] == v).astype(np.float32), 0.4)[in_tb] for v in TUMOUR_LABELS]
     healthy = 1 - sum(frac)
 
     out = {"affine": affine}
+    region = tuple(slice(l, h) for l, h in zip(lo, hi))
     for name, levels in CONTRASTS.items():
         lv = np.array(levels) * rng.uniform(0.9, 1.1, len(levels))
         img = csf * lv[0] + gm * lv[1] + wm * lv[2]
         if name.startswith("t1"):  # MNI T1 texture for realism
             img = 0.5 * img + 0.5 * lv[2] * tmpl
-        texture = 1 + _smooth(rng, (4, 4, 4), healthy.shape, 0.15)
-        img[tb] = healthy * img[tb] + texture * sum(f * v for f, v in zip(frac, lv[3:]))
-        img *= 1 + _smooth(rng, (3, 3, 3), crop, 0.15)  # bias field
-        img += rng.standard_normal(crop, np.float32) * (rng.uniform(0.03, 0.05) * lv[2])
-        img *= (1000 / (1.25 * lv.max())) * brain
-        full = np.zeros(shape, np.int16)
-        full[tuple(slice(l, h) for l, h in zip(lo, hi))] = np.clip(np.rint(img), 0, 32767)
-        out[name] = full
+        texture = 1 + _smooth(rng, (4, 4, 4), in_tb.shape, 0.15)[in_tb]  # intensity variation inside the tumour
+        img[ids] = healthy * img[ids] + texture * sum(f * v for f, v in zip(frac, lv[3:]))
+        img *= 1 + _smooth(rng, (3, 3, 3), crop, 0.15)[brain]  # bias field
+        img += rng.standard_normal(len(img), np.float32) * (rng.uniform(0.03, 0.05) * lv[2])
+        out[name] = np.zeros(shape, np.int16)
+        out[name][region][brain] = np.clip(np.rint(img * (1000 / (1.25 * lv.max()))), 0, 32767)
     out["seg"] = np.zeros(shape, np.uint8)
-    out["seg"][tuple(slice(l, h) for l, h in zip(lo, hi))] = seg * brain
+    out["seg"][region] = seg
     return out
 
 
@@ -216,6 +217,8 @@ def _write_case(out_dir: Path, index: int, seed: int, spacing: float) -> str:
     (out_dir / cid).mkdir()
     for key in (*MODALITIES, "seg"):
         img = nib.Nifti1Image(case[key], case["affine"])
+        img.set_qform(case["affine"], code=1)  # qform and sform both "scanner", for readers that use either
+        img.set_sform(case["affine"], code=1)
         img.header.set_xyzt_units("mm", "sec")
         nib.save(img, out_dir / cid / f"{cid}_{key}.nii.gz")
     return cid
@@ -235,6 +238,8 @@ def make_dataset(output_dir: str | os.PathLike, num_cases: int, seed: int, spaci
         raise FileExistsError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {out} is not empty; pass --overwrite to replace it")
+    if Path.cwd().is_relative_to(out):
+        raise ValueError(f"refusing to write the demo data set over {out}: it holds the current directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

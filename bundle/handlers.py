@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -74,10 +75,11 @@ class RegionMetricsSaver:
     def _write(self, engine: Engine) -> None:
         if not self.rows:
             raise RuntimeError("no case was evaluated: the evaluation data set is empty.")
-        lines = [",".join(self.rows[0])] + [
-            ",".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in row.values()) for row in self.rows
-        ]
-        write_atomically(self.output_dir / "metrics.csv", "\n".join(lines) + "\n")
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(self.rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in row.items()} for row in self.rows)
+        write_atomically(self.output_dir / "metrics.csv", table.getvalue())
         summary = self.summary()
         write_atomically(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         means = ", ".join(f"{region} {values['dice']:.4f}" for region, values in summary.items())
