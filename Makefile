@@ -11,9 +11,10 @@ setup: $(STAMP)
 
 # idempotent: the venv is rebuilt only when requirements.txt changes
 $(STAMP): requirements.txt
+	@echo "setting up $(VENV) with the pinned dependencies of requirements.txt (a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -r requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
