@@ -35,6 +35,8 @@ CHANNEL_ORDER: dict[str, list[int]] = {"brats2021": [0, 1, 2, 3], "brats2023": [
 #: label convention (a key of ``LABEL_CONVENTIONS``) by layout
 LAYOUT_CONVENTION: dict[str, str] = {"brats2021": "brats2021", "brats2023": "brats2023", "msd": "msd"}
 SPLITS = ("train", "validate", "all")
+#: largest difference allowed between the affines of one case's files (mm; rotations are compared alike)
+AFFINE_TOLERANCE_MM = 1e-3
 _EXTS = (".nii.gz", ".nii")
 _EXPECTED = (
     "expected BraTS case folders at depth 1 or 2 (<id>/<id>_t1.nii.gz, _t1ce, _t2, _flair, _seg for BraTS 2018-2021; "
@@ -353,8 +355,8 @@ def _stored_bytes(path: str, expected: int) -> int:
     return size
 
 
-def _header_shape(path: str) -> tuple[int, ...]:
-    """Shape of the NIfTI file ``path`` from its header, checking that the file holds all its voxel bytes."""
+def _read_header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of the NIfTI file ``path`` from its header, checking that it holds all its voxel bytes."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     try:
@@ -369,11 +371,12 @@ def _header_shape(path: str) -> tuple[int, ...]:
     size = _stored_bytes(path, expected)
     if size < expected:
         raise ValueError(f"{path} is truncated: {size} bytes, expected {expected} for shape {shape}")
-    return shape
+    return shape, img.affine
 
 
 def check_case_files(case: dict[str, Any]) -> None:
-    """Check from headers that a case's files exist, are NIfTI, have the expected dimensions and one spatial shape."""
+    """Check from headers that a case's files exist, are complete NIfTI files of the expected dimensions, and share
+    one spatial shape and one affine (within ``AFFINE_TOLERANCE_MM``): co-registered, as the model assumes."""
     image = case["image"]
     if isinstance(image, str):
         files = [(os.fspath(image), 4)]
@@ -383,13 +386,20 @@ def check_case_files(case: dict[str, Any]) -> None:
         raise ValueError(f"case {case.get('case_id')}: expected 4 image files (T1, T1ce, T2, FLAIR), got {len(image)}")
     if case.get("label") is not None:
         files.append((os.fspath(case["label"]), 3))
-    reference: tuple[str, tuple[int, ...]] | None = None
+    reference: tuple[str, tuple[int, ...], np.ndarray] | None = None
     for path, ndim in files:
-        shape = _header_shape(path)
+        shape, affine = _read_header(path)
         if len(shape) != ndim or (ndim == 4 and shape[3] != 4):
             wanted = "a 4-D image with 4 channels" if ndim == 4 else "a 3-D volume"
             raise ValueError(f"{path}: expected {wanted}, got shape {shape}")
         if reference is None:
-            reference = (path, shape[:3])
-        elif shape[:3] != reference[1]:
+            reference = (path, shape[:3], affine)
+            continue
+        if shape[:3] != reference[1]:
             raise ValueError(f"{path}: spatial shape {shape[:3]} differs from {reference[1]} of {reference[0]}")
+        deviation = float(np.abs(affine - reference[2]).max())
+        if deviation > AFFINE_TOLERANCE_MM:
+            raise ValueError(
+                f"{path}: affine differs from that of {reference[0]} by up to {deviation:.4g} "
+                f"(tolerance {AFFINE_TOLERANCE_MM} mm): the files are not on one grid\n{affine}\nvs\n{reference[2]}"
+            )

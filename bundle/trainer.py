@@ -83,6 +83,16 @@ class Vox2VoxTrainer(SupervisedTrainer):
         self.d_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     @staticmethod
+    def _stop_if_not_finite(engine: Vox2VoxTrainer, losses: dict[str, torch.Tensor]) -> None:
+        """Stops training before any weight changes when a loss is NaN or infinite; earlier checkpoints stay."""
+        for name, value in losses.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"the {name} is {value.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                    "training stopped before updating the networks; the last checkpoint saved is kept."
+                )
+
+    @staticmethod
     def _logits(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         return output[-1] if isinstance(output, (list, tuple)) else output
 
@@ -108,6 +118,7 @@ class Vox2VoxTrainer(SupervisedTrainer):
             d_loss = loss.discriminator(real_logits.float(), fake_logits.float())
         engine.state.output[Keys.LOSS] = g_loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self._stop_if_not_finite(engine, {"generator loss": g_loss, "discriminator loss": d_loss})
 
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
