@@ -37,7 +37,8 @@ class LabelsToClassesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
-            unknown = [v for v in torch.unique(torch.as_tensor(label)).tolist() if v not in self.values]
+            found = torch.unique(torch.as_tensor(label)).tolist()
+            unknown = [int(v) if float(v).is_integer() else v for v in found if v not in self.values]
             if unknown:
                 raise ValueError(
                     f"{_source_name(label)}: label values {unknown} are not in the {self.label_convention} "

@@ -1,0 +1,188 @@
+"""Bad input, case by case: a clear error naming the file (and value), and no partial output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from bundle.demo_data import make_dataset
+from bundle.networks import Vox2VoxGenerator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+CASE = "DEMO_00001"
+TINY = {"features": 4, "discriminator_channels": 4, "patch_size": [32, 32, 32], "num_workers": 0, "batch_size": 2,
+        "max_epochs": 1, "val_interval": 1}  # fmt: skip
+
+
+def resave(path: Path, transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+    img = nib.load(path)
+    data, affine = transform(np.asarray(img.dataobj), img.affine)
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def with_nan(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = data.astype(np.float32)
+    data.flat[data.size // 2] = np.nan
+    return data, affine
+
+
+def shifted(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    affine = affine.copy()
+    affine[0, 3] += 2.0  # 2 mm off the other modalities
+    return data, affine
+
+
+def label_value_3(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = data.copy()
+    data[data == 4] = 3  # not a BraTS 2018-2021 label value
+    return data, affine
+
+
+# each corruption of case DEMO_00001: (what it does to the data set folder, text the error must contain)
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing modality": (lambda d: (d / CASE / f"{CASE}_t2.nii.gz").unlink(), f"{CASE}_t2.nii.gz"),
+    "truncated file": (
+        lambda d: (d / CASE / f"{CASE}_flair.nii.gz").write_bytes((d / CASE / f"{CASE}_flair.nii.gz").read_bytes()[:900]),
+        f"{CASE}_flair.nii.gz",
+    ),
+    "not NIfTI": (lambda d: (d / CASE / f"{CASE}_t1ce.nii.gz").write_text("not an image"), f"{CASE}_t1ce.nii.gz"),
+    "shapes differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", lambda a, m: (a[:-2], m)), f"{CASE}_t2.nii.gz"),
+    "affines differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", shifted), "affine differs"),
+    "NaN voxels": (lambda d: resave(d / CASE / f"{CASE}_flair.nii.gz", with_nan), f"{CASE}_flair.nii.gz: 1 voxels are NaN"),
+    "all-zero volume": (
+        lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (np.zeros_like(a), m)),
+        f"{CASE}_t1.nii.gz: every voxel is zero",
+    ),
+    "2-D image": (lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (a[:, :, 5], m)), "expected a 3-D volume"),
+    "5-D image": (
+        lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (a[..., None, None], m)),
+        "expected a 3-D volume",
+    ),
+    "label value outside the convention": (
+        lambda d: resave(d / CASE / f"{CASE}_seg.nii.gz", label_value_3),
+        f"{CASE}_seg.nii.gz: label values [3] are not in the brats2021 convention",
+    ),
+    "missing data folder": (lambda d: shutil.rmtree(d), "does not exist"),
+}
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "brats"
+    make_dataset(out, num_cases=4, seed=11, spacing=4.0, quiet=True)
+    return out
+
+
+@pytest.fixture()
+def data_dir(clean_data: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(clean_data, tmp_path / "brats"))
+
+
+def error_text(error: BaseException | None) -> str:
+    """The messages of an exception and of every exception it was raised from."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def run_workflow(config_files: list[str], run_id: str, **overrides) -> None:
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in {**TINY, **overrides}.items()}
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        run_id=run_id,
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+
+
+def save_tiny_generator(path: Path, features: int = 4) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(Vox2VoxGenerator(features=features).state_dict(), path)
+
+
+def written_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_training_names_the_bad_input(corruption: str, data_dir: Path, tmp_path: Path) -> None:
+    corrupt, expected = CORRUPTIONS[corruption]
+    corrupt(data_dir)
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml"], "training", dataset_dir=data_dir, bundle_root=tmp_path / "run", num_folds=2)
+    assert expected in error_text(error.value)
+    assert written_files(tmp_path / "run") == []  # no checkpoint, no log
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_evaluation_names_the_bad_input(corruption: str, data_dir: Path, tmp_path: Path) -> None:
+    corrupt, expected = CORRUPTIONS[corruption]
+    corrupt(data_dir)
+    save_tiny_generator(tmp_path / "run" / "models" / "model.pt")
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml", "evaluate.yaml"], "evaluating", dataset_dir=data_dir,
+                     bundle_root=tmp_path / "run", num_folds=1, eval_split="all")  # fmt: skip
+    assert expected in error_text(error.value)
+    assert written_files(tmp_path / "run") == ["models/model.pt"]  # no metrics
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [('{"training": []}', "malformed"), ("{not json", "not valid JSON"), (None, "not found")],
+)
+def test_bad_datalist_is_named(content: str | None, expected: str, data_dir: Path, tmp_path: Path) -> None:
+    datalist = tmp_path / "datalist.json"
+    if content is not None:
+        datalist.write_text(content)
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml"], "training", dataset_dir=data_dir, bundle_root=tmp_path / "run",
+                     datalist_file=datalist)  # fmt: skip
+    assert str(datalist) in error_text(error.value) and expected in error_text(error.value)
+
+
+def test_checkpoint_of_another_size_names_file_and_keys(data_dir: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "run" / "models" / "model.pt"
+    save_tiny_generator(checkpoint, features=8)
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml", "evaluate.yaml"], "evaluating", dataset_dir=data_dir,
+                     bundle_root=tmp_path / "run", num_folds=1, eval_split="all")  # fmt: skip
+    text = error_text(error.value)
+    assert f"checkpoint {checkpoint} does not fit the network" in text
+    assert "size mismatch for encoder.0.conv.weight" in text
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_unwritable_output_folder_is_named(data_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml"], "training", dataset_dir=data_dir, bundle_root=blocker / "run", num_folds=2)
+    assert f"output folder {blocker / 'run' / 'models'} cannot be written" in error_text(error.value)
+
+
+def test_datalist_errors_name_the_file_in_json(data_dir: Path, tmp_path: Path) -> None:
+    # a valid datalist whose case lost a file: the file is named, not just the case
+    datalist = {"label_convention": "brats2021", "channel_order": [0, 1, 2, 3], "num_folds": 1, "training": [
+        {"case_id": CASE, "fold": 0, "label": f"{CASE}/{CASE}_seg.nii.gz",
+         "image": [f"{CASE}/{CASE}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]}]}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    (data_dir / CASE / f"{CASE}_t1ce.nii.gz").unlink()
+    with pytest.raises(Exception) as error:
+        run_workflow(["train.yaml", "evaluate.yaml"], "evaluating", dataset_dir=data_dir, bundle_root=tmp_path / "run",
+                     datalist_file=tmp_path / "datalist.json", num_folds=1, eval_split="all")  # fmt: skip
+    assert f"{CASE}_t1ce.nii.gz" in error_text(error.value)
