@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from bundle.losses import Vox2VoxLoss
 
-__all__ = ["Vox2VoxTrainer", "gan_losses"]
+__all__ = ["Vox2VoxTrainer", "gan_losses", "training_scalars"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,6 +136,8 @@ class Vox2VoxTrainer(SupervisedTrainer):
                 "g_adv_loss": g_adv.detach(),
                 "g_dice_loss": g_dice.detach(),
                 "d_loss": d_loss.detach(),
+                "g_lr": engine.optimizer.param_groups[0]["lr"],
+                "d_lr": engine.d_optimizer.param_groups[0]["lr"],
             }
         )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates the output on this event
@@ -146,3 +148,9 @@ def gan_losses(output: list[dict] | dict) -> dict[str, float]:
     """``output_transform`` for Stats/TensorBoard handlers: the trainer's four losses from its (decollated) output."""
     item = output[0] if isinstance(output, list) else output
     return {key: float(item[key]) for key in ("loss", "g_adv_loss", "g_dice_loss", "d_loss")}
+
+
+def training_scalars(output: list[dict] | dict) -> dict[str, float]:
+    """``output_transform`` for TensorBoard: the four losses and both networks' learning rates."""
+    item = output[0] if isinstance(output, list) else output
+    return {**gan_losses(output), "g_lr": float(item["g_lr"]), "d_lr": float(item["d_lr"])}
