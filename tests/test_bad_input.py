@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle.demo_data import make_dataset
+from helpers import error_text
 from bundle.networks import Vox2VoxGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,14 +87,6 @@ def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def data_dir(clean_data: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(clean_data, tmp_path / "brats"))
 
-
-def error_text(error: BaseException | None) -> str:
-    """The messages of an exception and of every exception it was raised from."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
 
 
 def run_workflow(config_files: list[str], run_id: str, **overrides) -> None:

@@ -17,6 +17,7 @@ from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoints import AtomicCheckpointSaver, _load_latest, training_checkpoints
 from bundle.demo_data import make_dataset
+from helpers import error_text
 from bundle.losses import Vox2VoxLoss
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
 from bundle.trainer import Vox2VoxTrainer, gan_losses
@@ -115,7 +116,7 @@ def test_a_new_run_never_overwrites_an_earlier_one(data_dir: Path, tmp_path: Pat
 def test_resume_without_a_checkpoint_is_an_error(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception) as error:
         training_workflow(dataset_dir=data_dir, bundle_root=tmp_path, max_epochs=1, resume=True).run()
-    assert "holds no training checkpoint" in repr_chain(error.value)
+    assert "holds no training checkpoint" in error_text(error.value)
 
 
 def test_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path: Path) -> None:
@@ -182,11 +183,3 @@ def test_same_seed_gives_the_same_losses(data_dir: Path, tmp_path: Path) -> None
     assert first_losses(data_dir, tmp_path / "b", seed=7) == first
     assert first_losses(data_dir, tmp_path / "c", seed=8) != first
 
-
-def repr_chain(error: BaseException | None) -> str:
-    """The messages of an exception and of every exception it was raised from."""
-    messages = []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(messages)
