@@ -88,7 +88,6 @@ def data_dir(clean_data: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(clean_data, tmp_path / "brats"))
 
 
-
 def run_workflow(config_files: list[str], run_id: str, **overrides) -> None:
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in {**TINY, **overrides}.items()}
     workflow = ConfigWorkflow(
