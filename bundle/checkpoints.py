@@ -87,7 +87,11 @@ def ensure_writable(folder: str | Path) -> Path:
 
 
 def prepare_run_dirs(
-    ckpt_dir: str | Path, other_dirs: Sequence[str | Path] = (), resume: bool = False, overwrite: bool = False
+    ckpt_dir: str | Path,
+    other_dirs: Sequence[str | Path] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_best_model: bool = False,
 ) -> None:
     """The first training step, before any data is read: output folders writable, earlier runs never overwritten.
 
@@ -95,6 +99,8 @@ def prepare_run_dirs(
         ckpt_dir: where checkpoints go. If it holds an earlier run's checkpoints, training stops with an error
             unless ``resume`` (continue that run) or ``overwrite`` (delete its checkpoints and start afresh).
         other_dirs: further output folders (logs) that must be writable.
+        keep_best_model: with ``overwrite``, keep ``model.pt``: MONAI Label loads it as the pretrained weights of
+            its next training, which then replaces it with that training's best generator.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite are both true: choose one.")
@@ -106,7 +112,7 @@ def prepare_run_dirs(
         if not checkpoints:
             raise FileNotFoundError(f"resume is true but {ckpt_dir} holds no training checkpoint (checkpoint_epoch=N.pt)")
         return
-    earlier = checkpoints + [p for p in [ckpt_dir / BEST_MODEL_NAME] if p.is_file()]
+    earlier = checkpoints + [p for p in [ckpt_dir / BEST_MODEL_NAME] if p.is_file() and not keep_best_model]
     if earlier and not overwrite:
         raise FileExistsError(
             f"{ckpt_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "

@@ -298,6 +298,34 @@ def inference_datalist(dataset_dir: PathLike, datalist_file: PathLike | None = N
     return {**datalist, "training": cases}
 
 
+def modality_files(image: PathLike | list[PathLike]) -> str | list[str]:
+    """All four modality files of a study given by one of them, in the order T1, T1ce, T2, FLAIR.
+
+    MONAI Label hands the bundle one image file per study; an annotator's datastore holds BraTS files, one per
+    modality, since 3D Slicer cannot show 4-channel NIfTI. A file named like a BraTS 2018-2021 or 2023 modality
+    (``<id>_flair.nii.gz``, ``<id>-t2f.nii.gz``, ...) is expanded to its siblings; anything else (a list already,
+    a 4-D NIfTI) is returned as it is. A missing sibling is an error naming it.
+    """
+    if not isinstance(image, (str, os.PathLike)):
+        return [os.fspath(p) for p in image]
+    path = os.fspath(image)
+    folder, name = os.path.split(path)
+    ext = next((e for e in _EXTS if name.endswith(e)), None)
+    if ext is None:
+        return path
+    stem = name[: -len(ext)]
+    for suffixes, _ in BRATS_SUFFIXES.values():
+        suffix = next((x for x in sorted(suffixes, key=len, reverse=True) if stem.endswith(x)), None)
+        if suffix is not None:
+            case = stem[: -len(suffix)]
+            files = [os.path.join(folder, case + s + ext) for s in suffixes]
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                raise FileNotFoundError(f"{path}: the study's other modality files are missing: {', '.join(missing)}")
+            return files
+    return path
+
+
 def case_id_from_path(path: PathLike) -> str:
     """The case id of an image file: its name without extension and modality suffix (BraTS) or as is (MSD)."""
     name = os.path.basename(os.fspath(path))
@@ -309,14 +337,24 @@ def case_id_from_path(path: PathLike) -> str:
     return stem
 
 
+#: the conventions assumed when no data set is named: MONAI Label hands the bundle its cases directly
+DEFAULT_DATALIST: dict[str, Any] = {
+    "layout": None, "label_convention": "brats2021", "channel_order": [0, 1, 2, 3], "num_folds": 1, "training": []
+}  # fmt: skip
+
+
 def resolve_datalist(
-    datalist_file: PathLike | None, dataset_dir: PathLike, num_folds: int = 5, seed: int = 0
+    datalist_file: PathLike | None, dataset_dir: PathLike | None, num_folds: int = 5, seed: int = 0
 ) -> dict[str, Any]:
     """The datalist a workflow trains on, with absolute paths and every case's files checked (headers only).
 
     Reads ``datalist_file`` when given (a JSON from ``scripts/prepare_datalist.py``); otherwise makes the folds
-    from ``dataset_dir`` in memory, seeded, exactly as the script would.
+    from ``dataset_dir`` in memory, seeded, exactly as the script would. With neither (MONAI Label, which sets
+    the dataset's data itself), the BraTS 2018-2021 conventions and no cases: :func:`split_cases` then says that
+    a data set must be named.
     """
+    if not datalist_file and dataset_dir is None:
+        return dict(DEFAULT_DATALIST)
     if datalist_file:
         datalist = load_datalist(datalist_file, dataset_dir)
     else:
@@ -328,6 +366,8 @@ def resolve_datalist(
 
 def split_cases(datalist: dict[str, Any], fold: int, split: str) -> list[dict[str, Any]]:
     """Cases of ``split``: "train" (fold != ``fold``), "validate" (fold == ``fold``) or "all"."""
+    if not datalist["training"]:
+        raise ValueError("no cases to use: set dataset_dir (--dataset_dir /path/to/data) or datalist_file.")
     num_folds = datalist["num_folds"]
     if not _is_int(fold) or not 0 <= fold < num_folds:
         raise ValueError(f"fold must be an integer from 0 to {num_folds - 1}, got {fold!r}")

@@ -22,7 +22,7 @@ class CheckImaged(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, files_key: str = "image_files", allow_zero_keys: KeysCollection = ("label",)
+        self, keys: KeysCollection, files_key: str = "input_files", allow_zero_keys: KeysCollection = ("label",)
     ) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.files_key = files_key

@@ -279,3 +279,17 @@ def test_single_fold_holds_every_case(brats2021: Path) -> None:
     datalist = make_datalist(brats2021, num_folds=1)
     assert {c["fold"] for c in datalist["training"]} == {0}
     assert len(split_cases(datalist, 0, "all")) == len(datalist["training"])
+
+
+def test_modality_files_expands_a_study_given_by_one_file(brats2021: Path, tmp_path: Path) -> None:
+    from bundle.datalist import modality_files
+
+    layout, cases = find_cases(brats2021)
+    case = cases[0]
+    flair = str(brats2021 / case["image"][3])
+    assert modality_files(flair) == [str(brats2021 / p) for p in case["image"]]
+    four_d = tmp_path / "study.nii.gz"
+    assert modality_files(str(four_d)) == str(four_d)  # a 4-D file stays as it is
+    os.remove(brats2021 / case["image"][1])
+    with pytest.raises(FileNotFoundError, match="_t1ce.nii.gz"):
+        modality_files(flair)

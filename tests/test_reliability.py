@@ -99,13 +99,13 @@ def test_a_new_run_never_overwrites_an_earlier_one(data_dir: Path, tmp_path: Pat
     args = {"dataset_dir": data_dir, "bundle_root": tmp_path, "max_epochs": 1}
     training_workflow(**args).run()
     before = {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()}
-    assert set(before) == {"checkpoint_epoch=1.pt"}
+    assert set(before) == {"checkpoint_epoch=1.pt", "model.pt"}  # validation runs at the last epoch at least
 
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
            "--meta_file", str(CONFIGS / "metadata.json"), *cli_overrides({**TINY, **args})]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "holds checkpoints of an earlier run (checkpoint_epoch=1.pt)" in result.stdout + result.stderr
+    assert "holds checkpoints of an earlier run (checkpoint_epoch=1.pt, model.pt)" in result.stdout + result.stderr
     assert "--resume true" in result.stderr and "--overwrite true" in result.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()} == before
 
