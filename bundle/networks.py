@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator
 
@@ -75,6 +76,9 @@ class Vox2VoxGenerator(nn.Module):
         kernel_size: kernel size of every convolution. 4 in the authors' final code (5 in an earlier upload).
         dropout: dropout rate after the encoder stages and the decoder skip concatenations.
         num_bottleneck_blocks: number of bottleneck blocks at 1/16 resolution.
+        activation_checkpointing: in training, keep only each encoder, bottleneck and decoder stage's input and
+            recompute the stage in the backward pass (``torch.utils.checkpoint``, non-reentrant, with the same
+            dropout masks): less activation memory for about one more forward pass of compute. Same results.
 
     Spatial sizes of the input must be multiples of 16.
     """
@@ -87,6 +91,7 @@ class Vox2VoxGenerator(nn.Module):
         kernel_size: int = 4,
         dropout: float = 0.2,
         num_bottleneck_blocks: int = 4,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("features", features)):
@@ -99,6 +104,7 @@ class Vox2VoxGenerator(nn.Module):
         if num_bottleneck_blocks < 1:
             raise ValueError(f"num_bottleneck_blocks must be at least 1, got {num_bottleneck_blocks}.")
         f, k = features, kernel_size
+        self.activation_checkpointing = activation_checkpointing
         self.encoder = nn.ModuleList(
             [
                 _stage(in_channels, f, k, dropout, norm=False),
@@ -123,19 +129,31 @@ class Vox2VoxGenerator(nn.Module):
         # the output stage has no activation before the softmax
         self.output.adn = nn.Identity()  # type: ignore[assignment]
         self.apply(he_normal_init)
+        self.size_multiple = 2**NUM_DOWNSAMPLINGS  # an attribute: TorchScript cannot read module-level globals
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        multiple = 2**NUM_DOWNSAMPLINGS
-        if any(s % multiple for s in x.shape[2:]):
-            raise ValueError(f"spatial sizes must be multiples of {multiple}, got {tuple(x.shape[2:])}.")
+        multiple = self.size_multiple
+        for size in x.shape[2:]:
+            if size % multiple != 0:
+                raise ValueError(f"spatial sizes must be multiples of {multiple}, got {list(x.shape[2:])}.")
+        # each `not torch.jit.is_scripting() and ...` branch is left out by TorchScript (checkpoint is not scriptable)
+        ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         skips = []
         for stage in self.encoder:
-            x = stage(x)
+            x = _checkpointed(stage, x) if not torch.jit.is_scripting() and ckpt else stage(x)
             skips.append(x)
-        x = self.bottleneck(self.bottleneck_entry(x))
-        for stage, skip in zip(self.decoder, reversed(skips)):
-            x = self.decoder_dropout(torch.cat([stage(x), skip], dim=1))
+        entry = self.bottleneck_entry
+        x = _checkpointed(entry, x) if not torch.jit.is_scripting() and ckpt else entry(x)
+        for block in self.bottleneck:
+            x = _checkpointed(block, x) if not torch.jit.is_scripting() and ckpt else block(x)
+        for i, stage in enumerate(self.decoder):  # TorchScript: no zip() over a ModuleList, no reversed()
+            y = _checkpointed(stage, x) if not torch.jit.is_scripting() and ckpt else stage(x)
+            x = self.decoder_dropout(torch.cat([y, skips[-1 - i]], dim=1))
         return torch.softmax(self.output(x), dim=1)
+
+
+def _checkpointed(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return checkpoint(stage, x, use_reentrant=False)  # restores the RNG state: the same dropout masks
 
 
 class Vox2VoxDiscriminator(PatchDiscriminator):

@@ -43,7 +43,8 @@ class Vox2VoxTrainer(SupervisedTrainer):
         loss_function: a :class:`bundle.losses.Vox2VoxLoss`.
         amp: mixed precision for both networks; ``amp_dtype`` "bfloat16" (no loss scaling) or "float16"
             (a gradient scaler per network).
-        other arguments: as ``monai.engines.SupervisedTrainer``; ``network`` and ``optimizer`` are the generator's.
+        other arguments: as ``monai.engines.SupervisedTrainer``; ``network`` and ``optimizer`` are the generator's;
+            ``compile`` (with ``compile_kwargs``) compiles both networks.
     """
 
     def __init__(
@@ -76,6 +77,8 @@ class Vox2VoxTrainer(SupervisedTrainer):
             amp_kwargs={"dtype": AMP_DTYPES[amp_dtype]},
             **kwargs,
         )
+        if self.compile:  # MONAI compiled the generator (``compile=True``); the discriminator likewise
+            discriminator = torch.compile(discriminator, **(kwargs.get("compile_kwargs") or {}))
         self.discriminator = discriminator
         self.d_optimizer = d_optimizer
         use_scaler = amp and amp_dtype == "float16"

@@ -79,13 +79,6 @@ def test_ckpt_export_torchscript_matches_eager(generator: Vox2VoxGenerator, weig
         np.testing.assert_allclose(exported, eager(generator, x), rtol=0, atol=ATOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Vox2VoxGenerator.forward is not TorchScript-scriptable yet (a module-level constant, a generator "
-    "expression, tuple(), zip()/reversed() over the stages, a function-valued `run`); remove this mark once "
-    "bundle/networks.py is scriptable",
-)
 def test_ckpt_export_by_scripting(generator: Vox2VoxGenerator, weights: Path, tmp_path: Path) -> None:
     """The Model Zoo's plain ``ckpt_export`` (torch.jit.script, no input shape needed)."""
     out = tmp_path / "model.ts"
