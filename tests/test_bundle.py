@@ -16,13 +16,16 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle.demo_data import make_dataset
+from bundle.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 # a tiny model and patch so a run takes seconds; the code paths are a user's
-TINY = ["--features", "4", "--discriminator_channels", "4", "--patch_size", "[32,32,32]", "--num_workers", "0"]
+# and the demo data's own 4 mm grid as the model's voxel size (not BraTS' 1 mm), so no case is upsampled
+TINY = ["--features", "4", "--discriminator_channels", "4", "--patch_size", "[32,32,32]", "--num_workers", "0",
+        "--target_spacing", "[4.0,4.0,4.0]"]  # fmt: skip
 
 
 def bundle_cmd(*args: str) -> list[str]:
@@ -73,12 +76,16 @@ def test_evaluating_writes_metrics(trained: Path, data_dir: Path) -> None:
     with open(trained / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # the held-out fold of six cases in three folds
-    assert set(rows[0]) == {"case_id", "ET_dice", "TC_dice", "WT_dice"}
+    assert list(rows[0]) == ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
     summary = json.loads((trained / "eval" / "summary.json").read_text())
     for region in ("ET", "TC", "WT"):
         values = [float(r[f"{region}_dice"]) for r in rows]
         assert all(0.0 <= v <= 1.0 for v in values)
         assert summary[region]["dice"] == pytest.approx(np.mean(values), abs=1e-6)
+        assert summary[region]["dice_median"] == pytest.approx(np.median(values), abs=1e-6)
+    assert sorted(p.name for p in (trained / "eval").glob("boxplot_*.png")) == sorted(
+        f"boxplot_{m}.png" for m in METRIC_NAMES
+    )
 
 
 def test_inference_writes_labels_on_the_input_grid(trained: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -92,6 +99,8 @@ def test_inference_writes_labels_on_the_input_grid(trained: Path, data_dir: Path
         assert pred.shape == t1.shape
         np.testing.assert_allclose(pred.affine, t1.affine)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 4}  # BraTS 2021 label values
+        for field in ("pixdim", "qform_code", "sform_code", "srow_x", "srow_y", "srow_z"):  # the input's header
+            np.testing.assert_array_equal(pred.header[field], t1.header[field])
 
 
 def test_inference_names_a_missing_modality_file(trained: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -107,7 +116,8 @@ def test_inference_names_a_missing_modality_file(trained: Path, data_dir: Path, 
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0
-    assert f"{case.name}_t2.nii.gz" in result.stdout + result.stderr
+    assert f"case {case.name}: file not found: {broken / case.name / case.name}_t2.nii.gz" in result.stdout
+    assert "inference failed for 1 of 1 cases" in result.stderr
     assert not (tmp_path / "pred").exists()
 
 
