@@ -154,3 +154,46 @@ def test_verify_net_in_out() -> None:
          str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.yaml"), "--n", "2", "--any", "16",
          "--device", "cpu", "--features", "4"]
     )  # fmt: skip
+
+
+def test_augment_on_device_moves_each_patch_after_the_crop(data_dir: Path, tmp_path: Path) -> None:
+    """--augment_on_device true: cache on the host, patch to @device after the crop, no worker processes."""
+    from monai.transforms import EnsureTyped, Rand3DElasticd, RandSpatialCropd
+
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data_dir),
+        bundle_root=str(tmp_path), num_folds=3, features=4, discriminator_channels=4, num_workers=2,
+        patch_size=[32, 32, 32], target_spacing=[4.0, 4.0, 4.0], augment_on_device=True, cache_rate=0.0,
+        # the CPU, named unlike the augmentation's default torch.device("cpu"), stands in for a GPU
+        device="$torch.device('cpu', 0)",
+    )  # fmt: skip
+    workflow.initialize()
+    parser = workflow.parser
+    assert parser.get_parsed_content("train#dataloader").num_workers == 0  # CUDA is not usable in forked workers
+    transforms = parser.get_parsed_content("train#preprocessing").transforms
+    crop = next(i for i, t in enumerate(transforms) if isinstance(t, RandSpatialCropd))
+    # the first transform after the (random) crop moves the patch: CacheDataset caches everything before the crop
+    assert isinstance(transforms[crop + 1], EnsureTyped)
+    assert transforms[crop + 1].converter.device == parser.get_parsed_content("device")
+    augmentation = parser.get_parsed_content("train#augmentation").transforms[1].transforms
+    elastic = next(t for t in augmentation if isinstance(t, Rand3DElasticd))
+    assert elastic.rand_3d_elastic.device == parser.get_parsed_content("device")
+    sample = parser.get_parsed_content("train#dataset")[0]
+    assert sample["image"].shape == (4, 32, 32, 32)
+
+
+def test_training_cache_reads_no_nifti_after_it_is_built(data_dir: Path, tmp_path: Path) -> None:
+    """cache_rate 1: every later epoch (random crop and augmentation) works from memory, not from the files."""
+    import shutil
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data),
+        bundle_root=str(tmp_path / "run"), num_folds=3, features=4, discriminator_channels=4, num_workers=0,
+        patch_size=[32, 32, 32], target_spacing=[4.0, 4.0, 4.0], cache_rate=1.0, quiet=True,
+    )  # fmt: skip
+    workflow.initialize()
+    dataset = workflow.parser.get_parsed_content("train#dataset")  # builds the cache
+    shutil.rmtree(data)
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert len(samples) == 4 and all(s["image"].shape == (4, 32, 32, 32) for s in samples)
