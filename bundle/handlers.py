@@ -81,7 +81,8 @@ class RegionMetricsSaver:
     ``DEFAULT_SPACING_MM``, with a warning.
 
     Writes to ``output_dir``: ``metrics.csv`` (``case_id``, then ``<region>_<metric>`` for each metric of
-    :data:`bundle.metrics.METRIC_NAMES`), ``summary.json`` (per region, :func:`summary_statistics` of each
+    :data:`bundle.metrics.METRIC_NAMES`, then with ``scores_key`` the columns of that per-case dict of the output,
+    e.g. the quality check's scores), ``summary.json`` (per region, :func:`summary_statistics` of each
     metric, so ``summary["WT"]["dice"]`` is the mean) and ``boxplot_<metric>.png`` per metric.
     """
 
@@ -91,8 +92,10 @@ class RegionMetricsSaver:
         case_key: str = "case_id",
         spacing: Sequence[float] | None = None,
         name: str = "RegionMetricsSaver",
+        scores_key: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.scores_key = scores_key  # e.g. "quality_scores": a dict per case whose values become extra columns
         self.case_key = case_key
         self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
         if self.spacing is not None and (len(self.spacing) != 3 or not all(v > 0 for v in self.spacing)):
@@ -130,6 +133,11 @@ class RegionMetricsSaver:
             metrics = region_metrics(item["pred"], item["label"], spacing=self.case_spacing(item["label"]))
             row: dict[str, Any] = {"case_id": data[self.case_key]}
             row.update({f"{region}_{name}": metrics[region][name] for region in REGIONS for name in METRIC_NAMES})
+            if self.scores_key is not None:  # the quality check's scores (bundle.quality.QualityScored), after Dice
+                scores = item.get(self.scores_key)
+                if not isinstance(scores, Mapping):
+                    raise KeyError(f"case {row['case_id']}: no {self.scores_key!r} scores in the evaluator's output")
+                row.update({k: v for k, v in scores.items() if k != "case_id"})
             self.rows.append(row)
             self.logger.info(", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
 

@@ -50,10 +50,13 @@ __all__ = [
     "RelabelSmallETd",
     "SaveOnInputGridd",
     "checkpoint_paths",
+    "entropy",
     "inference_cases",
     "load_ensemble",
     "load_generator_weights",
+    "mutual_information",
     "save_labels_on_input_grid",
+    "save_map_on_input_grid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,6 +159,10 @@ class EnsembleInferer(Inferer):
             every subset of them (the empty one included, so ``2 ** len(flip_axes)`` passes per network) and each
             output flipped back before averaging. Empty: no augmentation.
         spatial_dims: number of spatial dimensions of the input ``(batch, channel, *spatial)``.
+        uncertainty: also return, as one extra last channel, the voxel-wise mutual information between the pass
+            and the predicted class, ``H(mean_p) - mean(H(p))`` in nats (:func:`mutual_information`): 0 where all
+            passes give the same probabilities, positive where they disagree. For the quality check
+            (``bundle.quality.SplitUncertaintyd`` takes it off again); false: the mean probabilities alone.
     """
 
     def __init__(
@@ -164,8 +171,12 @@ class EnsembleInferer(Inferer):
         networks: Sequence[nn.Module] | None = None,
         flip_axes: Sequence[int] = (),
         spatial_dims: int = 3,
+        uncertainty: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(uncertainty, bool):
+            raise ValueError(f"uncertainty (quality) must be true or false, got {uncertainty!r}")
+        self.uncertainty = uncertainty
         if not callable(inferer):
             raise TypeError(f"inferer must be callable (a MONAI Inferer), got {type(inferer).__name__}")
         networks = list(networks or [])
@@ -185,9 +196,11 @@ class EnsembleInferer(Inferer):
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """The mean over networks and flips of ``inferer(flip(inputs), net)``, flipped back (float32)."""
+        """The mean over networks and flips of ``inferer(flip(inputs), net)``, flipped back (float32); with
+        ``uncertainty``, the mutual information of the passes as one more channel."""
         networks: Sequence[Callable[..., torch.Tensor]] = self.networks or [network]
         total: torch.Tensor | None = None
+        total_entropy: torch.Tensor | None = None  # sum over passes of each pass's entropy (uncertainty only)
         with eval_mode(*self.networks) if self.networks else torch.no_grad():
             for net in networks:
                 for dims in self.flips:
@@ -196,9 +209,28 @@ class EnsembleInferer(Inferer):
                         raise TypeError(f"the wrapped inferer must return a tensor, got {type(out).__name__}")
                     out = (torch.flip(out, dims) if dims else out).float()
                     total = out if total is None else total + out
+                    if self.uncertainty:
+                        h = entropy(out)
+                        total_entropy = h if total_entropy is None else total_entropy + h
         assert total is not None  # at least one network and the unflipped pass
         passes = len(networks) * len(self.flips)
-        return total if passes == 1 else total / passes
+        mean = total if passes == 1 else total / passes
+        if not self.uncertainty:
+            return mean
+        assert total_entropy is not None
+        return torch.cat([mean, mutual_information(mean, total_entropy / passes)], dim=1)
+
+
+def entropy(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Shannon entropy in nats over the class dimension ``dim`` (kept, size 1); ``0 log 0`` is 0."""
+    p = probabilities.float()
+    return -torch.special.xlogy(p, p).sum(dim=dim, keepdim=True)
+
+
+def mutual_information(mean_probabilities: torch.Tensor, mean_entropy: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``H(mean_p) - mean(H(p))``: how much the passes of an ensemble / TTA disagree, in nats (BALD's mutual
+    information). 0 where every pass gives the same probabilities; clamped at 0 against rounding."""
+    return (entropy(mean_probabilities, dim) - mean_entropy).clamp_min(0.0)
 
 
 # ---- post-processing and writing --------------------------------------------------------------------------------
@@ -247,6 +279,43 @@ class RelabelSmallETd(MapTransform):
         return d
 
 
+def _reference_grid(
+    array: np.ndarray, reference: str, path: str, affine: np.ndarray | None, tolerance_mm: float
+) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI ``reference``, after checking that ``array`` (3-D) lies on its grid: same shape and, if known, an
+    affine within ``tolerance_mm``; errors name ``path`` and ``reference``."""
+    if not path.endswith(".nii.gz"):
+        raise ValueError(f"output {path} must end with .nii.gz")
+    ref = nib.load(reference)
+    if not isinstance(ref, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{reference} is not a NIfTI file ({type(ref).__name__})")
+    if array.shape != tuple(ref.shape[:3]):
+        raise ValueError(f"{path}: prediction shape {array.shape} differs from {tuple(ref.shape[:3])} of {reference}")
+    if affine is not None:
+        deviation = float(np.abs(np.asarray(affine, dtype=np.float64) - ref.affine).max())
+        if deviation > tolerance_mm:
+            raise ValueError(
+                f"{path}: prediction affine differs from that of {reference} by up to {deviation:.4g} "
+                f"(tolerance {tolerance_mm})\n{np.asarray(affine)}\nvs\n{ref.affine}"
+            )
+    return ref
+
+
+def _save_nifti_atomically(image: nib.Nifti1Image | nib.Nifti2Image, path: str) -> None:
+    """Writes ``image`` under a temporary name in ``path``'s folder, synced, then renamed to ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name[: -len('.nii.gz')]}.{uuid.uuid4().hex[:8]}.tmp.nii.gz")
+    try:
+        nib.save(image, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_labels_on_input_grid(
     labels: np.ndarray,
     reference: str | os.PathLike[str],
@@ -262,39 +331,37 @@ def save_labels_on_input_grid(
     in the same folder and renamed when complete, so an interrupted run never leaves a half-written ``path``.
     """
     reference, path = os.fspath(reference), os.fspath(path)
-    if not path.endswith(".nii.gz"):
-        raise ValueError(f"output {path} must end with .nii.gz")
-    ref = nib.load(reference)
-    if not isinstance(ref, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"{reference} is not a NIfTI file ({type(ref).__name__})")
     labels = np.asarray(labels)
-    if labels.shape != tuple(ref.shape[:3]):
-        raise ValueError(f"{path}: prediction shape {labels.shape} differs from {tuple(ref.shape[:3])} of {reference}")
-    if affine is not None:
-        deviation = float(np.abs(np.asarray(affine, dtype=np.float64) - ref.affine).max())
-        if deviation > tolerance_mm:
-            raise ValueError(
-                f"{path}: prediction affine differs from that of {reference} by up to {deviation:.4g} "
-                f"(tolerance {tolerance_mm})\n{np.asarray(affine)}\nvs\n{ref.affine}"
-            )
+    ref = _reference_grid(labels, reference, path, affine, tolerance_mm)
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint8).max or np.any(labels % 1)):
         raise ValueError(f"{path}: label values must be integers in [0, 255], got {np.unique(labels)[:10]}")
     header = ref.header.copy()
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, 0  # the image's display range means nothing for labels
-    image = type(ref)(labels.astype(np.uint8), None, header)  # affine None: sform, qform and codes from the header
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name[: -len('.nii.gz')]}.{uuid.uuid4().hex[:8]}.tmp.nii.gz")
-    try:
-        nib.save(image, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _save_nifti_atomically(type(ref)(labels.astype(np.uint8), None, header), path)  # affine None: from the header
+    return path
+
+
+def save_map_on_input_grid(
+    values: np.ndarray,
+    reference: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    affine: np.ndarray | None = None,
+    tolerance_mm: float = AFFINE_TOLERANCE_MM,
+) -> str:
+    """Writes the 3-D float map ``values`` (e.g. the quality check's maps) to ``path`` as float32, with the header
+    geometry of ``reference``, checked and written atomically as :func:`save_labels_on_input_grid` does."""
+    reference, path = os.fspath(reference), os.fspath(path)
+    values = np.asarray(values, dtype=np.float32)
+    ref = _reference_grid(values, reference, path, affine, tolerance_mm)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{path}: the map holds NaN or infinite values")
+    header = ref.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 0  # the image's display range means nothing for the map
+    _save_nifti_atomically(type(ref)(values, None, header), path)
     return path
 
 

@@ -1,0 +1,657 @@
+"""The quality check: which segmentations to distrust, from the trained discriminator and the model's uncertainty.
+
+Per case, on the model's grid (the preprocessed image):
+
+- **discriminator scores**: the conditional discriminator D, trained (LSGAN) to output 1 for (image, reference)
+  and 0 for (image, generated segmentation), scores (image, one-hot segmentation) patch by patch. Its patch logits,
+  upsampled to the image grid, give the voxel-wise *implausibility* map ``1 - D`` (about 0 where the segmentation
+  looks like a reference, 1 or more where it looks generated or wrong); ``d_score`` is the mean of ``D`` over the
+  brain and ``d_score_low`` its 5th percentile (the worst spot).
+- **uncertainty**: the mutual information of the flip-TTA (and fold-ensemble) passes
+  (:func:`bundle.inference.mutual_information`), voxel-wise, and ``uncertainty``, its mean over the voxels the
+  model calls possibly tumour (mean tumour probability >= ``TUMOUR_PROBABILITY_FLOOR``).
+- **baselines**: ``volume_ml``, the segmentation's whole-tumour volume, and ``confidence``, the model's mean
+  probability of the segmentation's class over the tumour (for the model's own segmentation: its mean maximum
+  softmax probability there).
+- **estimated Dice**: a linear model from the scores to the WT and the mean (ET, TC, WT) Dice, fitted on
+  validation cases by :func:`fit_calibration` and stored as JSON (``models/quality_calibration.json``).
+
+Why one-hot and not the generator's probabilities: in training D saw references as one-hot maps and generated
+segmentations as soft probabilities, so on probabilities it can tell "generated" from the softness alone, whatever
+the shape; given one-hot maps it has to judge the shape against the image. The calibration set (corrupted
+references) is one-hot, and so is any segmentation a user edits. ``docs/quality.md`` measures both inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from scipy import ndimage as ndi
+from scipy.stats import spearmanr
+
+from bundle.datalist import case_id_from_path
+from bundle.handlers import write_atomically
+from bundle.inference import load_generator_weights, mutual_information, save_map_on_input_grid
+from bundle.labels import REGIONS
+from bundle.metrics import dice
+
+__all__ = [
+    "CORRUPTION_KINDS",
+    "Corruption",
+    "QualityCaseTable",
+    "QualityScored",
+    "QualityScorer",
+    "QualityTableWriter",
+    "SaveMapsOnInputGridd",
+    "SplitUncertaintyd",
+    "apply_calibration",
+    "corruptions",
+    "fit_calibration",
+    "load_calibration",
+    "load_discriminator",
+    "rank_worst_first",
+    "region_dice",
+    "save_calibration",
+    "top_fraction_recall",
+]
+
+logger = logging.getLogger(__name__)
+
+NUM_CLASSES = 4  # background, NCR/NET, ED, ET
+BACKGROUND, NCR, ED, ET = 0, 1, 2, 3
+#: a voxel is "possibly tumour" for the uncertainty and confidence scores when the model's mean probability of the
+#: tumour classes is at least this (the tumour and its uncertain rim, not the whole brain's near-certain background)
+TUMOUR_PROBABILITY_FLOOR = 0.05
+LOW_QUANTILE = 0.05  # d_score_low: this quantile of D over the brain, the least plausible spot of the segmentation
+#: graded corruption strengths 1, 2, 3: the erosion / dilation / shift / missing-part distance as a fraction of the
+#: whole tumour's equivalent-sphere radius (at least one voxel), and the extra lesion's radius likewise
+LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
+CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
+SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence")
+DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty")
+CALIBRATION_TARGETS: tuple[str, ...] = ("dice_WT", "dice_mean")
+ESTIMATE_NAMES: dict[str, str] = {"dice_WT": "est_dice_WT", "dice_mean": "est_dice_mean"}
+CALIBRATION_VERSION = 1
+
+
+# ---- Dice and corruptions -------------------------------------------------------------------------------------------
+
+
+def region_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Dice of two class maps (0..3) per BraTS region (ET, TC, WT; 1 when both empty) and their mean."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    out = {f"dice_{r}": dice(np.isin(pred, members), np.isin(ref, members)) for r, members in REGIONS.items()}
+    out["dice_mean"] = float(np.mean([out[f"dice_{r}"] for r in REGIONS]))
+    return out
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One corrupted segmentation: the kind of corruption, its strength (1 mild .. 3 strong) and the class map."""
+
+    kind: str
+    level: int
+    classes: np.ndarray
+
+
+def _ball(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
+
+
+def _distance(tumour: np.ndarray, level: int) -> int:
+    """The corruption distance in voxels for ``level``: a fraction of the tumour's equivalent-sphere radius."""
+    radius = (3.0 * tumour.sum() / (4.0 * math.pi)) ** (1.0 / 3.0)
+    return max(1, int(round(LEVEL_FRACTIONS[level] * radius)))
+
+
+def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    tumour = classes > 0
+    k = _distance(tumour, level)
+    out = classes.copy()
+    if kind == "erosion":  # the tumour's rim is lost to background
+        out[tumour & ~ndi.binary_erosion(tumour, _ball(k))] = BACKGROUND
+    elif kind == "dilation":  # a rim of oedema around the tumour, within the brain
+        out[ndi.binary_dilation(tumour, _ball(k)) & ~tumour & brain] = ED
+    elif kind == "shift":  # the whole segmentation moved by k voxels along a random axis and direction
+        axis, sign = int(rng.integers(3)), int(rng.choice([-1, 1]))
+        out = np.zeros_like(classes)
+        src = [slice(None)] * 3
+        dst = [slice(None)] * 3
+        src[axis] = slice(0, classes.shape[axis] - k) if sign > 0 else slice(k, None)
+        dst[axis] = slice(k, None) if sign > 0 else slice(0, classes.shape[axis] - k)
+        out[tuple(dst)] = classes[tuple(src)]
+    elif kind == "swap":  # sub-region labels swapped: 1 NCR<->ET, 2 ED<->ET, 3 every tumour voxel oedema
+        pairs = {1: (NCR, ET), 2: (ED, ET)}
+        if level in pairs:
+            a, b = pairs[level]
+            out[classes == a], out[classes == b] = b, a
+        else:
+            out[tumour] = ED
+    elif kind == "missing":  # the part of the tumour beyond a plane is missed: 1/6, 1/3 or all of its extent
+        if tumour.any():
+            axis = int(rng.integers(3))
+            coords = np.nonzero(tumour)[axis]
+            cut = np.quantile(coords, 1.0 - {1: 1 / 6, 2: 1 / 3, 3: 1.0}[level])
+            index = np.arange(classes.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
+            out[tumour & (index >= cut)] = BACKGROUND
+    elif kind == "extra":  # a false lesion elsewhere in the brain: oedema around an enhancing core
+        radius = max(1, _distance(tumour, level))
+        candidates = np.argwhere(brain & ~ndi.binary_dilation(tumour, _ball(radius + 1)))
+        if len(candidates):
+            centre = candidates[rng.integers(len(candidates))]
+            grid = np.indices(classes.shape).reshape(3, -1).T
+            dist2 = ((grid - centre) ** 2).sum(axis=1).reshape(classes.shape)
+            lesion = (dist2 <= radius**2) & brain & ~tumour
+            out[lesion] = ED
+            out[lesion & (dist2 <= (radius / 2) ** 2)] = ET
+    else:
+        raise ValueError(f"unknown corruption {kind!r}; choose one of {CORRUPTION_KINDS}")
+    return out
+
+
+def corruptions(
+    classes: np.ndarray,
+    brain: np.ndarray,
+    rng: np.random.Generator | int = 0,
+    kinds: Sequence[str] = CORRUPTION_KINDS,
+    levels: Sequence[int] = (1, 2, 3),
+) -> list[Corruption]:
+    """Graded corruptions of a reference class map (0..3), for calibrating and benchmarking the quality check.
+
+    Each of ``kinds`` at each of ``levels`` (1 mild .. 3 strong, see :data:`LEVEL_FRACTIONS`): erosion, dilation,
+    shift of the whole segmentation, swapped sub-region labels, a missing part of the tumour, an extra false lesion.
+    ``brain`` (bool, same shape) bounds dilations and places extra lesions. Deterministic for a given ``rng`` seed.
+    """
+    classes = np.asarray(classes)
+    brain = np.asarray(brain, dtype=bool)
+    if classes.ndim != 3 or brain.shape != classes.shape:
+        raise ValueError(f"classes and brain must be 3-D of one shape, got {classes.shape} and {brain.shape}")
+    if classes.size and (classes.min() < 0 or classes.max() >= NUM_CLASSES):
+        raise ValueError(f"classes must be class indices 0..{NUM_CLASSES - 1}, got {np.unique(classes)[:10]}")
+    unknown = [k for k in kinds if k not in CORRUPTION_KINDS]
+    bad_levels = [lv for lv in levels if lv not in LEVEL_FRACTIONS]
+    if unknown or bad_levels:
+        raise ValueError(f"unknown corruption kinds {unknown} or levels {bad_levels}: kinds {CORRUPTION_KINDS}, "
+                         f"levels {sorted(LEVEL_FRACTIONS)}")  # fmt: skip
+    if not np.any(classes > 0):
+        raise ValueError("the reference holds no tumour: nothing to corrupt")
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    return [Corruption(kind, level, _corrupt(kind, level, classes, brain, rng)) for kind in kinds for level in levels]
+
+
+# ---- the discriminator and the scores ---------------------------------------------------------------------------
+
+
+def load_discriminator(
+    discriminator: nn.Module | Callable[[], nn.Module],
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Loads the discriminator's weights (tensors only, ``models/discriminator.pt``) into ``discriminator`` (a
+    network, or a callable making it, e.g. a config's ``_mode_: callable`` definition) on ``device``, in eval mode.
+    A missing file is an error naming it and saying where it comes from."""
+    path = os.fspath(path)
+    if not isinstance(discriminator, nn.Module):
+        if not callable(discriminator):
+            raise TypeError(f"discriminator must be a torch.nn.Module or make one, got {type(discriminator).__name__}")
+        discriminator = discriminator()
+    if device is not None:
+        discriminator = discriminator.to(device)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"discriminator checkpoint {path} does not exist: training with configs/train.yaml writes it beside "
+            "model.pt (set --discriminator_ckpt_path to its path)"
+        )
+    return load_generator_weights(discriminator, path).eval()
+
+
+class QualityScorer:
+    """Scores a segmentation of a preprocessed image with the discriminator, the model's probabilities and the
+    passes' mutual information; estimates its Dice with a calibration (see the module docstring).
+
+    Args:
+        discriminator: the trained ``Vox2VoxDiscriminator`` (weights loaded, e.g. by :func:`load_discriminator`).
+        calibration: a calibration dict (:func:`load_calibration`) or ``None``: estimated Dice left empty.
+        spacing: voxel size (mm) of the model's grid, for ``volume_ml``.
+        discriminator_input: ``onehot`` (default, see the module docstring) or ``probabilities`` (the generator's,
+            when given).
+    """
+
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        calibration: Mapping[str, Any] | None = None,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        discriminator_input: str = "onehot",
+    ) -> None:
+        if not isinstance(discriminator, nn.Module):
+            raise TypeError(f"discriminator must be a torch.nn.Module, got {type(discriminator).__name__}")
+        if discriminator_input not in ("onehot", "probabilities"):
+            raise ValueError(f"discriminator_input must be 'onehot' or 'probabilities', got {discriminator_input!r}")
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or not all(s > 0 for s in spacing):
+            raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
+        self.discriminator = discriminator.eval()
+        self.calibration = dict(calibration) if calibration is not None else None
+        self.spacing = spacing
+        self.discriminator_input = discriminator_input
+
+    def plausibility(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
+        """D's patch logits on ``(image, segmentation)`` (``(C, *spatial)`` each; the segmentation one-hot or
+        probabilities), upsampled (trilinear) to the image grid: ``(1, *spatial)``, ~1 plausible, ~0 not."""
+        if image.ndim != 4 or segmentation.shape[1:] != image.shape[1:]:
+            raise ValueError(f"image and segmentation must be (C, *spatial) of one grid, got {tuple(image.shape)} "
+                             f"and {tuple(segmentation.shape)}")  # fmt: skip
+        device = next(self.discriminator.parameters()).device
+        x = torch.cat([torch.as_tensor(image).float(), torch.as_tensor(segmentation).float()])[None].to(device)
+        with torch.no_grad():
+            out = self.discriminator(x)
+            logits = (out[-1] if isinstance(out, (list, tuple)) else out).float()
+            upsampled = F.interpolate(logits, size=tuple(image.shape[1:]), mode="trilinear", align_corners=False)
+        return upsampled[0].cpu()
+
+    def score(
+        self,
+        image: torch.Tensor,
+        classes: torch.Tensor | np.ndarray,
+        probabilities: torch.Tensor | None = None,
+        uncertainty: torch.Tensor | None = None,
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """The scores of the class map ``classes`` (``(*spatial)`` or ``(1, *spatial)``) of ``image`` and its
+        implausibility map ``1 - D`` (``(1, *spatial)``). ``probabilities`` (the model's mean, ``(4, *spatial)``)
+        and ``uncertainty`` (mutual information, ``(1, *spatial)``) give the uncertainty and confidence scores
+        (NaN without them); the estimated Dice needs a calibration (NaN without)."""
+        image = torch.as_tensor(image).detach().cpu().float()
+        classes = torch.as_tensor(np.asarray(classes) if isinstance(classes, np.ndarray) else classes).detach().cpu()
+        classes = classes.reshape(image.shape[1:]).long()
+        if self.discriminator_input == "probabilities" and probabilities is not None:
+            segmentation = torch.as_tensor(probabilities).detach().cpu().float()
+        else:
+            segmentation = F.one_hot(classes, NUM_CLASSES).permute(3, 0, 1, 2).float()
+        d = self.plausibility(image, segmentation)[0]
+        brain = (image != 0).any(dim=0)
+        d_brain = d[brain] if brain.any() else d.flatten()
+        scores = {
+            "d_score": float(d_brain.mean()),
+            "d_score_low": float(torch.quantile(d_brain, LOW_QUANTILE)),
+            "uncertainty": math.nan,
+            "volume_ml": float((classes > 0).sum()) * float(np.prod(self.spacing)) / 1000.0,
+            "confidence": math.nan,
+        }
+        if probabilities is not None:
+            probs = torch.as_tensor(probabilities).detach().cpu().float()
+            possibly_tumour = (1.0 - probs[BACKGROUND]) >= TUMOUR_PROBABILITY_FLOOR
+            region = possibly_tumour | (classes > 0)
+            if region.any():
+                chosen = torch.gather(probs, 0, classes[None])[0]  # the model's probability of each voxel's class
+                scores["confidence"] = float(chosen[region].mean())
+            else:
+                scores["confidence"] = 1.0  # the model is sure there is no tumour, and the segmentation agrees
+            if uncertainty is not None:
+                mi = torch.as_tensor(uncertainty).detach().cpu().float().reshape(image.shape[1:])
+                scores["uncertainty"] = float(mi[possibly_tumour].mean()) if possibly_tumour.any() else 0.0
+        scores.update(apply_calibration(self.calibration, scores))
+        return scores, (1.0 - d)[None]
+
+
+# ---- calibration ------------------------------------------------------------------------------------------------
+
+
+def _design(rows: Sequence[Mapping[str, float]], features: Sequence[str]) -> np.ndarray:
+    x = np.array([[float(row[f]) for f in features] for row in rows], dtype=float)
+    return np.hstack([np.ones((len(rows), 1)), x])
+
+
+def fit_calibration(
+    rows: Sequence[Mapping[str, float]],
+    features: Sequence[str] = DEFAULT_FEATURES,
+    targets: Sequence[str] = CALIBRATION_TARGETS,
+) -> dict[str, Any]:
+    """Least-squares linear model ``Dice ~ intercept + sum_f w_f score_f`` per target (numpy ``lstsq``), from rows
+    holding the ``features`` and true Dice ``targets``; returns the JSON-ready calibration with its in-sample fit
+    quality (R^2, Spearman, mean absolute error), the number of rows and the date."""
+    features, targets = list(features), list(targets)
+    if not features or not targets:
+        raise ValueError("fit_calibration needs at least one feature and one target")
+    missing = sorted({k for row in rows for k in (*features, *targets) if k not in row})
+    if missing:
+        raise ValueError(f"calibration rows lack {missing}")
+    x = _design(rows, features)
+    if not np.all(np.isfinite(x)):
+        bad = sorted({f for row in rows for f in features if not math.isfinite(float(row[f]))})
+        raise ValueError(f"calibration features {bad} are NaN or infinite in some rows (uncertainty needs TTA)")
+    if len(rows) < len(features) + 2:
+        raise ValueError(f"{len(rows)} calibration rows are too few for {len(features)} features (need >= "
+                         f"{len(features) + 2})")  # fmt: skip
+    models = {}
+    for target in targets:
+        y = np.array([float(row[target]) for row in rows], dtype=float)
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        fitted = np.clip(x @ coef, 0.0, 1.0)
+        ss_tot = float(((y - y.mean()) ** 2).sum())
+        models[target] = {
+            "intercept": float(coef[0]),
+            "coefficients": {f: float(c) for f, c in zip(features, coef[1:])},
+            "r2": 1.0 - float(((y - fitted) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan,
+            "spearman": float(spearmanr(fitted, y).statistic) if np.ptp(fitted) > 0 and np.ptp(y) > 0 else math.nan,
+            "mean_absolute_error": float(np.abs(y - fitted).mean()),
+        }
+    return {
+        "version": CALIBRATION_VERSION,
+        "model": "linear least squares, estimate clipped to [0, 1]",
+        "features": features,
+        "targets": models,
+        "num_rows": len(rows),
+        "fit_date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str, float]) -> dict[str, float]:
+    """``{"est_dice_WT", "est_dice_mean"}`` from ``scores`` with ``calibration``; NaN without a calibration."""
+    if calibration is None:
+        return {name: math.nan for name in ESTIMATE_NAMES.values()}
+    out = {}
+    for target, model in calibration["targets"].items():
+        value = model["intercept"] + sum(w * float(scores[f]) for f, w in model["coefficients"].items())
+        out[ESTIMATE_NAMES.get(target, f"est_{target}")] = float(np.clip(value, 0.0, 1.0))
+    return out
+
+
+def save_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any]) -> Path:
+    """Writes the calibration as JSON, atomically."""
+    path = Path(path)
+    write_atomically(path, json.dumps(calibration, indent=2) + "\n")
+    return path
+
+
+def load_calibration(path: str | os.PathLike[str] | None, required: bool = False) -> dict[str, Any] | None:
+    """The calibration in ``path``, checked; ``None`` (with a warning) when the file is missing, or an error naming
+    it when ``required``. A file that is not a calibration is always an error naming it."""
+    if path is None or not os.path.isfile(path):
+        message = (f"quality calibration {path} does not exist: run `calibrating` (configs/quality.yaml) first; "
+                   "the quality scores are written without estimated Dice")  # fmt: skip
+        if required:
+            raise FileNotFoundError(message)
+        logger.warning(message)
+        return None
+    try:
+        calibration = json.loads(Path(path).read_text())
+        features = list(calibration["features"])
+        for target, model in calibration["targets"].items():
+            if set(model["coefficients"]) != set(features) or not math.isfinite(float(model["intercept"])):
+                raise ValueError(f"target {target}: coefficients {sorted(model['coefficients'])} vs {features}")
+        unknown = [f for f in features if f not in SCORE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; known: {SCORE_NAMES}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"quality calibration {path} cannot be read: {error}") from error
+    return calibration
+
+
+# ---- rankings -----------------------------------------------------------------------------------------------------
+
+
+def rank_worst_first(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], str]:
+    """``rows`` sorted worst first, and the score used: the estimated mean Dice when calibrated, else ``d_score``."""
+    key = "est_dice_mean" if rows and all(math.isfinite(float(r.get("est_dice_mean", math.nan))) for r in rows) \
+        else "d_score"  # fmt: skip
+    return sorted(rows, key=lambda r: (float(r[key]), str(r.get("case_id", "")))), key
+
+
+def top_fraction_recall(scores: Sequence[float], truth: Sequence[float], fraction: float = 0.1) -> float:
+    """Share of the truly worst ``fraction`` of cases (lowest ``truth``) among the worst-scored ``fraction``
+    (lowest ``scores``); at least one case each. Higher scores must mean better quality."""
+    scores, truth = np.asarray(scores, dtype=float), np.asarray(truth, dtype=float)
+    if scores.shape != truth.shape or scores.ndim != 1 or not len(scores):
+        raise ValueError(f"scores and truth must be equal-length non-empty lists, got {scores.shape}, {truth.shape}")
+    n = max(1, int(round(fraction * len(scores))))
+    worst_true = set(np.argsort(truth, kind="stable")[:n].tolist())
+    worst_scored = set(np.argsort(scores, kind="stable")[:n].tolist())
+    return len(worst_true & worst_scored) / n
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else f"{v:.6f}" if isinstance(v, float)
+                          else v) for k, v in row.items()} for row in rows)  # fmt: skip
+    return table.getvalue()
+
+
+# ---- transforms -------------------------------------------------------------------------------------------------
+
+
+class SplitUncertaintyd(MapTransform):
+    """Takes the last channel of ``keys`` (the :class:`bundle.inference.EnsembleInferer` ``uncertainty`` channel)
+    off into ``uncertainty_key``, leaving the class probabilities."""
+
+    def __init__(self, keys: KeysCollection, uncertainty_key: str = "uncertainty", num_classes: int = NUM_CLASSES,
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        self.uncertainty_key, self.num_classes = uncertainty_key, num_classes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if value.shape[0] != self.num_classes + 1:
+                raise ValueError(f"{key}: expected {self.num_classes} class channels and an uncertainty channel, got "
+                                 f"{value.shape[0]} channels (is the inferer's uncertainty on?)")  # fmt: skip
+            d[key], d[self.uncertainty_key] = value[: self.num_classes], value[self.num_classes :]
+        return d
+
+
+class QualityScored(MapTransform):
+    """Scores the prediction of each case (:class:`QualityScorer`) on the model's grid, before ``Invertd``.
+
+    Reads the preprocessed ``image_key``, the class probabilities ``keys`` and the mutual information
+    ``uncertainty_key``; writes the implausibility map to ``quality_key`` and the scores (with the case id, from
+    the image's file name) to ``scores_key``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scorer: QualityScorer,
+        image_key: str = "image",
+        uncertainty_key: str = "uncertainty",
+        quality_key: str = "quality",
+        scores_key: str = "quality_scores",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not isinstance(scorer, QualityScorer):
+            raise TypeError(f"scorer must be a bundle.quality.QualityScorer, got {type(scorer).__name__}")
+        self.scorer = scorer
+        self.image_key, self.uncertainty_key = image_key, uncertainty_key
+        self.quality_key, self.scores_key = quality_key, scores_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = torch.as_tensor(d[key]).detach().float()
+            classes = probs.argmax(dim=0)
+            scores, implausibility = self.scorer.score(d[self.image_key], classes, probs, d.get(self.uncertainty_key))
+            d[self.quality_key] = implausibility.to(probs.device)
+            reference = getattr(d[self.image_key], "meta", {}).get("filename_or_obj")
+            case_id = case_id_from_path(str(reference)) if reference else None
+            d[self.scores_key] = {"case_id": case_id, **scores}
+        return d
+
+
+class SaveMapsOnInputGridd(MapTransform):
+    """Writes each float map of ``keys`` (after ``Invertd``: on the input grid) as
+    ``<output_dir>/<case_id>_<key>.nii.gz`` with the input's header, atomically
+    (:func:`bundle.inference.save_map_on_input_grid`)."""
+
+    def __init__(self, keys: KeysCollection, output_dir: str | os.PathLike[str], allow_missing_keys: bool = False
+                 ) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = os.fspath(output_dir)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", {})
+            reference = meta.get("filename_or_obj")
+            if not reference:
+                raise ValueError(f"{key}: no 'filename_or_obj' in its metadata: cannot tell the input grid")
+            array = torch.as_tensor(d[key]).detach().cpu().numpy()
+            array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
+            affine = meta.get("affine")
+            affine = None if affine is None else torch.as_tensor(affine).detach().cpu().numpy()
+            path = os.path.join(self.output_dir, f"{case_id_from_path(str(reference))}_{key}.nii.gz")
+            save_map_on_input_grid(array, str(reference), path, affine=affine)
+            logger.info(f"wrote {path}")
+        return d
+
+
+# ---- handlers ---------------------------------------------------------------------------------------------------
+
+
+class QualityTableWriter:
+    """Ignite handler of inference: collects each case's ``scores_key`` from the output and, when the run
+    completes, writes ``<output_dir>/quality.csv`` (one row per case, in the order processed) and
+    ``quality_ranking.csv`` (worst first by estimated mean Dice, or by ``d_score`` when uncalibrated), atomically.
+    A case that failed (no output) has no row."""
+
+    def __init__(self, output_dir: str | os.PathLike[str], scores_key: str = "quality_scores") -> None:
+        self.output_dir = Path(output_dir)
+        self.scores_key = scores_key
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output or []:
+            if isinstance(item, Mapping) and isinstance(item.get(self.scores_key), Mapping):
+                self.rows.append(dict(item[self.scores_key]))
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            logger.warning("quality check: no case was scored, no quality.csv written")
+            return
+        write_atomically(self.output_dir / "quality.csv", _csv_text(self.rows))
+        ranked, key = rank_worst_first(self.rows)
+        ranking = [{"rank": n + 1, **row} for n, row in enumerate(ranked)]
+        write_atomically(self.output_dir / "quality_ranking.csv", _csv_text(ranking))
+        worst = ", ".join(f"{r['case_id']} ({key} {float(r[key]):.3f})" for r in ranked[:5])
+        logger.info(f"quality check of {len(self.rows)} cases written to {self.output_dir}; worst first: {worst}")
+
+
+class QualityCaseTable:
+    """Ignite handler of an evaluator with labels (``calibrating`` and ``scripts/benchmark_quality.py``): scores,
+    per case, the model's prediction, the reference and its graded :func:`corruptions`, next to their true Dice.
+
+    Reads ``image``, ``label`` (class map), ``pred`` (mean probabilities) and ``uncertainty`` of each decollated
+    output; ``levels``: the corruption strengths used. When the run completes, writes every row to ``rows_csv`` and, with ``calibration_file``, fits
+    :func:`fit_calibration` on them and saves it there. An existing ``calibration_file`` is refused before any
+    case is processed unless ``overwrite``.
+    """
+
+    def __init__(
+        self,
+        scorer: QualityScorer,
+        rows_csv: str | os.PathLike[str],
+        calibration_file: str | os.PathLike[str] | None = None,
+        features: Sequence[str] = DEFAULT_FEATURES,
+        overwrite: bool = False,
+        seed: int = 0,
+        levels: Sequence[int] = (1, 2, 3),
+        case_key: str = "case_id",
+    ) -> None:
+        if not isinstance(scorer, QualityScorer):
+            raise TypeError(f"scorer must be a bundle.quality.QualityScorer, got {type(scorer).__name__}")
+        unknown = [f for f in features if f not in SCORE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown calibration features {unknown}; choose from {SCORE_NAMES}")
+        if not isinstance(overwrite, bool):
+            raise ValueError(f"overwrite (overwrite_calibration) must be true or false, got {overwrite!r}")
+        self.scorer, self.rows_csv = scorer, Path(rows_csv)
+        self.calibration_file = Path(calibration_file) if calibration_file else None
+        bad = [lv for lv in levels if lv not in LEVEL_FRACTIONS]
+        if bad or not levels:
+            raise ValueError(f"corruption levels must be some of {sorted(LEVEL_FRACTIONS)}, got {list(levels)}")
+        self.features, self.overwrite, self.seed, self.case_key = list(features), overwrite, seed, case_key
+        self.levels = list(levels)
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _start(self, engine: Engine) -> None:
+        self.rows = []
+        if self.calibration_file is not None and self.calibration_file.exists() and not self.overwrite:
+            raise FileExistsError(f"quality calibration {self.calibration_file} exists: pass "
+                                  "--overwrite_calibration true to replace it")  # fmt: skip
+
+    def case_rows(self, case_id: str, image: torch.Tensor, label: torch.Tensor, probs: torch.Tensor,
+                  uncertainty: torch.Tensor | None) -> list[dict[str, Any]]:  # fmt: skip
+        """The rows of one case: its prediction, the reference and each corruption, scored, with true Dice."""
+        image = torch.as_tensor(image).detach().cpu().float()
+        probs = torch.as_tensor(probs).detach().cpu().float()
+        ref = torch.as_tensor(label).detach().cpu().reshape(image.shape[1:]).long().numpy()
+        brain = (image != 0).any(dim=0).numpy()
+        rng = np.random.default_rng([self.seed, int.from_bytes(case_id.encode()[-8:], "little")])
+        pred = probs.argmax(dim=0).numpy()
+        segmentations = [("prediction", 0, pred), ("reference", 0, ref)]
+        segmentations += [(c.kind, c.level, c.classes) for c in corruptions(ref, brain, rng, levels=self.levels)]
+        rows = []
+        for source, level, classes in segmentations:
+            scores, _ = self.scorer.score(image, classes, probs, uncertainty)
+            row = {"case_id": case_id, "source": source, "level": level, **region_dice(classes, ref), **scores}
+            if source == "prediction":  # what D makes of the generator's own probabilities (kind it saw as fake)
+                row["d_score_probabilities"] = float(self.scorer.plausibility(image, probs)[0][
+                    (image != 0).any(dim=0)].mean())  # fmt: skip
+            rows.append(row)
+        return rows
+
+    def _collect(self, engine: Engine) -> None:
+        for item, data in zip(engine.state.output, engine.state.batch):
+            case_id = str(data.get(self.case_key, f"case{len(self.rows)}"))
+            self.rows += self.case_rows(case_id, item["image"], item["label"], item["pred"], item.get("uncertainty"))
+            logger.info(f"quality rows of case {case_id}: {len(self.rows)} in all")
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            raise RuntimeError("no case was scored: the evaluation data set is empty")
+        names = list(dict.fromkeys(k for row in self.rows for k in row))  # d_score_probabilities: predictions only
+        write_atomically(self.rows_csv, _csv_text([{k: row.get(k, math.nan) for k in names} for row in self.rows]))
+        logger.info(f"{len(self.rows)} quality rows written to {self.rows_csv}")
+        if self.calibration_file is None:
+            return
+        fit_rows = [{**row, **{t: row[t] for t in CALIBRATION_TARGETS}} for row in self.rows]
+        calibration = fit_calibration(fit_rows, self.features)
+        calibration["cases"] = sorted({str(r["case_id"]) for r in self.rows})
+        calibration["rows"] = "per case: the prediction, the reference and corruptions " + ", ".join(CORRUPTION_KINDS)
+        save_calibration(self.calibration_file, calibration)
+        fit = {t: round(m["spearman"], 3) for t, m in calibration["targets"].items()}
+        logger.info(f"quality calibration on {len(calibration['cases'])} cases ({len(self.rows)} rows; in-sample "
+                    f"Spearman {fit}) written to {self.calibration_file}")  # fmt: skip

@@ -1,0 +1,200 @@
+"""The quality check's parts (bundle/quality.py) on tiny volumes; the bundle runs are in tests/test_bundle.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from monai.inferers import SimpleInferer
+
+from bundle.inference import EnsembleInferer, entropy
+from bundle.networks import Vox2VoxDiscriminator
+from bundle.quality import (
+    QualityScorer,
+    SplitUncertaintyd,
+    apply_calibration,
+    corruptions,
+    fit_calibration,
+    load_calibration,
+    load_discriminator,
+    rank_worst_first,
+    region_dice,
+    save_calibration,
+    top_fraction_recall,
+)
+
+SHAPE = (40, 40, 40)
+
+
+def _tumour() -> tuple[np.ndarray, np.ndarray]:
+    """A spherical tumour (oedema around a necrotic core and an enhancing rim) inside a spherical brain."""
+    grid = np.indices(SHAPE) - np.array([20, 20, 20])[:, None, None, None]
+    r = np.sqrt((grid**2).sum(axis=0))
+    brain = r < 19
+    classes = np.zeros(SHAPE, dtype=np.int64)
+    centre = np.sqrt(((np.indices(SHAPE) - np.array([14, 20, 20])[:, None, None, None]) ** 2).sum(axis=0))
+    classes[centre < 9] = 2
+    classes[centre < 6] = 3
+    classes[centre < 3] = 1
+    return classes, brain
+
+
+def test_corruptions_lower_dice_monotonically_with_strength() -> None:
+    ref, brain = _tumour()
+    found = corruptions(ref, brain, rng=0)
+    assert {(c.kind, c.level) for c in found} == {(k, lv) for k in ("erosion", "dilation", "shift", "swap", "missing",
+                                                                      "extra") for lv in (1, 2, 3)}  # fmt: skip
+    dice = {(c.kind, c.level): region_dice(c.classes, ref) for c in found}
+    for kind in ("erosion", "dilation", "shift", "missing", "extra"):
+        wt = [dice[(kind, level)]["dice_WT"] for level in (1, 2, 3)]
+        assert wt[0] < 1.0, kind
+        assert wt[0] > wt[1] > wt[2], (kind, wt)
+    # erosion removes tumour only, dilation adds oedema only, inside the brain
+    erosion = next(c.classes for c in found if c.kind == "erosion" and c.level == 1)
+    dilation = next(c.classes for c in found if c.kind == "dilation" and c.level == 1)
+    assert np.all(erosion[erosion > 0] == ref[erosion > 0]) and (erosion > 0).sum() < (ref > 0).sum()
+    assert set(np.unique(dilation[(dilation > 0) & (ref == 0)]).tolist()) == {2} and not np.any(dilation[~brain])
+    assert dice[("missing", 3)]["dice_WT"] == 0.0  # the whole tumour missed
+    # swapped sub-regions keep the whole tumour and spoil the sub-regions
+    for level in (1, 2, 3):
+        assert dice[("swap", level)]["dice_WT"] == 1.0
+        assert dice[("swap", level)]["dice_ET"] < 0.5
+    assert dice[("swap", 3)]["dice_mean"] < dice[("swap", 1)]["dice_mean"]
+    # deterministic for a seed
+    again = corruptions(ref, brain, rng=0)
+    assert all(np.array_equal(a.classes, b.classes) for a, b in zip(found, again))
+
+
+def test_corruptions_reject_bad_input() -> None:
+    ref, brain = _tumour()
+    with pytest.raises(ValueError, match="no tumour"):
+        corruptions(np.zeros(SHAPE, dtype=np.int64), brain)
+    with pytest.raises(ValueError, match="class indices"):
+        corruptions(ref * 2, brain)
+    with pytest.raises(ValueError, match="unknown corruption kinds"):
+        corruptions(ref, brain, kinds=["blur"])
+
+
+def test_discriminator_map_is_on_the_image_grid() -> None:
+    torch.manual_seed(0)
+    scorer = QualityScorer(Vox2VoxDiscriminator(in_channels=8, channels=4), spacing=(2.0, 2.0, 2.0))
+    image = torch.randn(4, 36, 44, 40)
+    classes = torch.zeros(36, 44, 40, dtype=torch.long)
+    classes[10:20, 10:20, 10:20] = 2
+    probs = torch.softmax(torch.randn(4, 36, 44, 40), dim=0)
+    scores, implausibility = scorer.score(image, classes, probs, torch.rand(1, 36, 44, 40))
+    assert implausibility.shape == (1, 36, 44, 40)
+    d = scorer.plausibility(image, torch.nn.functional.one_hot(classes, 4).permute(3, 0, 1, 2).float())
+    assert d.shape == (1, 36, 44, 40)
+    torch.testing.assert_close(implausibility, 1.0 - d)
+    assert scores["d_score"] == pytest.approx(float(d.mean()), abs=1e-5)  # every voxel of this image is brain
+    assert scores["d_score_low"] <= scores["d_score"]
+    assert scores["volume_ml"] == pytest.approx(1000 * 8 / 1000)  # 1000 voxels of 8 mm^3
+    assert 0.0 <= scores["confidence"] <= 1.0 and scores["uncertainty"] >= 0.0
+    assert math.isnan(scores["est_dice_WT"]) and math.isnan(scores["est_dice_mean"])  # no calibration
+
+
+class _FixedField(nn.Module):
+    """A network whose class logits are a fixed field whatever its input: flipped passes disagree exactly where
+    the field is not symmetric under the flip."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=1).expand(x.shape[0], -1, -1, -1, -1)
+
+
+def test_uncertainty_is_the_passes_mutual_information() -> None:
+    logits = torch.zeros(1, 4, 4, 2, 2)
+    logits[0, 1, 0] = 3.0  # class 1 in the first slice along axis 0 only: a flip of axis 0 moves it to the last
+    logits[0, 2, :, 0] = 1.0  # symmetric along axis 0
+    net = _FixedField(logits)
+    inferer = EnsembleInferer(SimpleInferer(), networks=[net], flip_axes=[0], uncertainty=True)
+    out = inferer(torch.zeros(1, 4, 4, 2, 2), net)
+    assert out.shape == (1, 5, 4, 2, 2)
+    mean, mi = out[:, :4], out[:, 4:]
+    passes = [torch.softmax(logits, 1), torch.flip(torch.softmax(logits, 1), [2])]  # the flipped pass, flipped back
+    # by hand: entropy of the mean minus the mean of the entropies, in nats
+    def h(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log(p)).sum(dim=1, keepdim=True)
+
+    expected = h((passes[0] + passes[1]) / 2) - (h(passes[0]) + h(passes[1])) / 2
+    torch.testing.assert_close(mean, (passes[0] + passes[1]) / 2)
+    torch.testing.assert_close(mi, expected.clamp_min(0))
+    assert torch.all(mi[0, 0, 1:3] < 1e-6)  # the middle slices: both passes agree
+    assert torch.all(mi[0, 0, [0, 3]] > 0.1)  # the end slices: they disagree
+    # the default output is unchanged: the mean probabilities alone
+    plain = EnsembleInferer(SimpleInferer(), networks=[net], flip_axes=[0])(torch.zeros(1, 4, 4, 2, 2), net)
+    torch.testing.assert_close(plain, mean)
+    torch.testing.assert_close(entropy(torch.tensor([[0.5, 0.5, 0.0]])), torch.tensor([[math.log(2)]]))
+    with pytest.raises(ValueError, match="uncertainty channel"):
+        SplitUncertaintyd(keys="pred")({"pred": mean[0]})
+    split = SplitUncertaintyd(keys="pred")({"pred": out[0]})
+    torch.testing.assert_close(split["uncertainty"], mi[0])
+
+
+def test_calibration_recovers_a_linear_relation_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(30):
+        a, b, u = rng.uniform(0, 1), rng.uniform(-1, 0), rng.uniform(0, 0.1)
+        rows.append({"d_score": a, "d_score_low": b, "uncertainty": u,
+                     "dice_WT": 0.2 + 0.5 * a - 0.3 * b, "dice_mean": 0.1 + 0.4 * a - 2.0 * u})  # fmt: skip
+    calibration = fit_calibration(rows)
+    wt = calibration["targets"]["dice_WT"]
+    assert wt["intercept"] == pytest.approx(0.2, abs=1e-9)
+    assert wt["coefficients"] == pytest.approx({"d_score": 0.5, "d_score_low": -0.3, "uncertainty": 0.0}, abs=1e-9)
+    assert wt["r2"] == pytest.approx(1.0) and wt["spearman"] == pytest.approx(1.0)
+    assert calibration["targets"]["dice_mean"]["coefficients"]["uncertainty"] == pytest.approx(-2.0, abs=1e-9)
+    assert calibration["num_rows"] == 30 and calibration["features"] == ["d_score", "d_score_low", "uncertainty"]
+    path = save_calibration(tmp_path / "models" / "quality_calibration.json", calibration)
+    loaded = load_calibration(path)
+    assert loaded == json.loads(json.dumps(calibration))
+    estimate = apply_calibration(loaded, {"d_score": 0.5, "d_score_low": -0.5, "uncertainty": 0.05})
+    assert estimate == pytest.approx({"est_dice_WT": 0.2 + 0.25 + 0.15, "est_dice_mean": 0.1 + 0.2 - 0.1})
+    assert apply_calibration(loaded, {"d_score": 9.0, "d_score_low": 0.0, "uncertainty": 0.0})["est_dice_WT"] == 1.0
+    with pytest.raises(ValueError, match="too few"):
+        fit_calibration(rows[:4])
+
+
+def test_calibration_file_errors_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "none.json"
+    assert load_calibration(missing) is None
+    assert str(missing) in caplog.text and "calibrating" in caplog.text
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_calibration(missing, required=True)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"features": ["d_score"]}')
+    with pytest.raises(ValueError, match=f"quality calibration {broken} cannot be read"):
+        load_calibration(broken)
+
+
+def test_missing_discriminator_checkpoint_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "discriminator.pt"
+    with pytest.raises(FileNotFoundError, match=f"discriminator checkpoint {path} does not exist"):
+        load_discriminator(lambda: Vox2VoxDiscriminator(in_channels=8, channels=4), path)
+    torch.save(Vox2VoxDiscriminator(in_channels=8, channels=4).state_dict(), path.parent.mkdir() or path)
+    loaded = load_discriminator(lambda: Vox2VoxDiscriminator(in_channels=8, channels=4), path)
+    assert not loaded.training
+    with pytest.raises(RuntimeError, match=f"checkpoint {path} does not fit"):
+        load_discriminator(Vox2VoxDiscriminator(in_channels=8, channels=8), path)
+
+
+def test_rankings() -> None:
+    rows = [{"case_id": "a", "d_score": 0.5, "est_dice_mean": 0.9}, {"case_id": "b", "d_score": 0.9,
+            "est_dice_mean": 0.2}, {"case_id": "c", "d_score": 0.1, "est_dice_mean": 0.5}]  # fmt: skip
+    ranked, key = rank_worst_first(rows)
+    assert key == "est_dice_mean" and [r["case_id"] for r in ranked] == ["b", "c", "a"]
+    ranked, key = rank_worst_first([{**r, "est_dice_mean": math.nan} for r in rows])
+    assert key == "d_score" and [r["case_id"] for r in ranked] == ["c", "a", "b"]
+    truth = list(range(20))
+    assert top_fraction_recall(truth, truth) == 1.0
+    assert top_fraction_recall(truth[::-1], truth) == 0.0
+    assert top_fraction_recall([1, 0] + truth[2:], truth) == 1.0  # the worst two, in another order
