@@ -197,3 +197,94 @@ def test_training_cache_reads_no_nifti_after_it_is_built(data_dir: Path, tmp_pat
     shutil.rmtree(data)
     samples = [dataset[i] for i in range(len(dataset))]
     assert len(samples) == 4 and all(s["image"].shape == (4, 32, 32, 32) for s in samples)
+
+
+# ---- the quality check (bundle/quality.py): the trained fixture's generator and discriminator -------------------
+
+
+def test_training_writes_the_best_discriminator(trained: Path) -> None:
+    from bundle.networks import Vox2VoxDiscriminator
+
+    weights = torch.load(trained / "models" / "discriminator.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())  # the discriminator's weights alone
+    Vox2VoxDiscriminator(in_channels=8, channels=4).load_state_dict(weights, strict=True)
+    # written at the best validation, with model.pt: equal to the discriminator of the last checkpoint with a
+    # validation at which the metric improved (here both epochs validate; compare with the epoch saved with it)
+    checkpoints = [torch.load(p, weights_only=True)["discriminator"] for p in
+                   sorted((trained / "models").glob("checkpoint_epoch=*.pt"))]  # fmt: skip
+    assert any(all(torch.equal(c[k], weights[k]) for k in weights) for c in checkpoints)
+
+
+def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    """calibrating on the validation fold, then inference and evaluating with --quality true, as a user runs them."""
+    configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}','{CONFIGS / 'quality.yaml'}']"
+    rows_csv = tmp_path / "calibration_rows.csv"
+    run(bundle_cmd("run", "calibrating", "--config_file", configs, "--dataset_dir", str(data_dir), "--bundle_root",
+                   str(trained), "--num_folds", "3", "--corruption_levels", "[3]", "--tta_flip_axes", "[0]",
+                   "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
+    calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
+    assert calibration["features"] == ["d_score", "d_score_low", "uncertainty"]
+    assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
+    assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3
+    with open(rows_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["source"] for r in rows} == {"prediction", "reference", "erosion", "dilation", "shift", "swap",
+                                            "missing", "extra"}  # fmt: skip
+    assert all(float(r["dice_mean"]) == 1.0 for r in rows if r["source"] == "reference")
+
+    cases = sorted(p.name for p in data_dir.iterdir())[:2]
+    two = tmp_path / "two"
+    for case in cases:
+        (two / case).mkdir(parents=True)
+        for f in (data_dir / case).iterdir():
+            (two / case / f.name).symlink_to(f)
+    out = tmp_path / "pred"
+    run(bundle_cmd("run", "inference", "--config_file", str(CONFIGS / "inference.yaml"), "--dataset_dir", str(two),
+                   "--bundle_root", str(trained), "--output_dir", str(out), "--quality", "true",
+                   "--tta_flip_axes", "[0]", *TINY))  # fmt: skip
+    expected = {f"{c}{suffix}.nii.gz" for c in cases for suffix in ("", "_quality", "_uncertainty")}
+    assert {p.name for p in out.iterdir()} == expected | {"quality.csv", "quality_ranking.csv"}
+    for case in cases:
+        t1 = nib.load(two / case / f"{case}_t1.nii.gz")
+        for suffix in ("_quality", "_uncertainty"):
+            image = nib.load(out / f"{case}{suffix}.nii.gz")
+            assert image.shape == t1.shape and image.get_data_dtype() == np.float32
+            np.testing.assert_allclose(image.affine, t1.affine)
+            assert np.all(np.isfinite(image.get_fdata()))
+        assert np.all(nib.load(out / f"{case}_uncertainty.nii.gz").get_fdata() >= 0)
+    with open(out / "quality.csv") as f:
+        quality = list(csv.DictReader(f))
+    assert [r["case_id"] for r in quality] == cases
+    assert list(quality[0]) == ["case_id", "d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
+                                "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in ("est_dice_WT", "est_dice_mean"))
+    with open(out / "quality_ranking.csv") as f:
+        ranking = list(csv.DictReader(f))
+    estimates = [float(r["est_dice_mean"]) for r in ranking]
+    assert [r["rank"] for r in ranking] == ["1", "2"] and estimates == sorted(estimates)
+
+    eval_dir = tmp_path / "eval"
+    run(bundle_cmd("run", "evaluating", "--config_file", f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}']",
+                   "--dataset_dir", str(data_dir), "--bundle_root", str(trained), "--num_folds", "3", "--quality",
+                   "true", "--tta_flip_axes", "[0]", "--eval_dir", str(eval_dir), *TINY))  # fmt: skip
+    with open(eval_dir / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
+    assert list(metrics[0]) == default + ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
+                                          "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
+
+
+def test_quality_check_names_a_missing_discriminator(tmp_path: Path) -> None:
+    from helpers import error_text
+
+    missing = tmp_path / "nowhere" / "discriminator.pt"
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type="infer", bundle_root=str(tmp_path),
+        features=4, discriminator_channels=4, quality="true", discriminator_ckpt_path=str(missing),
+    )  # fmt: skip
+    with pytest.raises(Exception) as raised:
+        workflow.initialize()
+        workflow.parser.get_parsed_content("quality_scorer")
+    assert f"discriminator checkpoint {missing} does not exist" in error_text(raised.value)
