@@ -3,7 +3,9 @@
 :func:`make_report` writes ``<output_dir>/cases/<case_id>.png`` for every case that has a prediction
 ``<predictions_dir>/<case_id>.nii.gz`` (prediction and reference over FLAIR and T1ce, axial / coronal / sagittal
 slices through the tumour, radiological convention), ``training_curves.png`` from the TensorBoard event files of a
-training run and ``index.html`` embedding both. Everything is rendered into a temporary folder beside the output
+training run and ``index.html`` embedding both. Where the quality check wrote its maps beside a prediction
+(``<case_id>_quality.nii.gz``, ``<case_id>_uncertainty.nii.gz``) they are drawn over FLAIR in two more rows, and its
+``quality_ranking.csv`` becomes a worst-first table. Everything is rendered into a temporary folder beside the output
 folder and renamed at the end, so a failed or interrupted run never leaves a half-written report.
 
 Label values are read in the data set's own convention (``bundle.datalist`` / ``bundle.labels``) for both the
@@ -38,6 +40,13 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 PREDICTION_EXTS = (".nii.gz", ".nii")
+#: the quality check's maps written beside a prediction (bundle/quality.py): ``<case_id>_<name>.nii.gz``, not cases
+QUALITY_MAPS: tuple[str, ...] = ("quality", "uncertainty")
+QUALITY_RANKING = "quality_ranking.csv"  # the quality check's worst-first list, beside the predictions
+#: colour scales of the maps: implausibility 1 - D from 0 (looks like a reference) to 1 (looks generated); the
+#: passes' mutual information in nats, up to a fifth of its maximum ln 4 (four classes): clearer contrast
+QUALITY_MAP_RANGES: dict[str, tuple[float, float]] = {"quality": (0.0, 1.0), "uncertainty": (0.0, 0.28)}
+QUALITY_MAP_TITLES: dict[str, str] = {"quality": "implausibility (1 - D)", "uncertainty": "uncertainty (TTA MI)"}
 #: short names and overlay colours of the tumour classes 1..3 (NCR/NET, ED, ET)
 CLASS_SHORT_NAMES: tuple[str, str, str] = ("NCR/NET", "ED", "ET")
 CLASS_COLOURS: tuple[str, str, str] = ("#e8262b", "#2fbf4a", "#ffd400")  # red, green, yellow: the usual BraTS look
@@ -83,6 +92,7 @@ class ReportCase:
     t1ce: tuple[str, int | None]
     label: str | None
     prediction: str
+    maps: dict[str, str] | None = None  # the quality check's maps beside the prediction: {"quality": file, ...}
 
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
@@ -102,6 +112,8 @@ def prediction_files(predictions_dir: PathLike) -> dict[str, Path]:
     for entry in sorted(folder.iterdir()):
         ext = next((e for e in PREDICTION_EXTS if entry.name.endswith(e)), None)
         if ext and not entry.name.startswith(".") and entry.is_file():
+            if any(entry.name[: -len(ext)].endswith(f"_{name}") for name in QUALITY_MAPS):
+                continue  # a quality check map, not a prediction
             found.setdefault(entry.name[: -len(ext)], entry)  # .nii.gz sorts before .nii: it wins
     if not found:
         raise FileNotFoundError(f"no predictions (<case_id>.nii.gz) in {folder}")
@@ -157,10 +169,17 @@ def select_cases(
         report_cases.append(
             ReportCase(case_id=case_id, files=files, flair=_image_source(files, layout, 3),
                        t1ce=_image_source(files, layout, 1), label=files.get("label"),
-                       prediction=str(predictions[case_id]))
+                       prediction=str(predictions[case_id]), maps=quality_maps(predictions[case_id]))
         )  # fmt: skip
     unmatched = sorted(set(predictions) - set(by_id))
     return LAYOUT_CONVENTION[layout], report_cases, unmatched
+
+
+def quality_maps(prediction: Path) -> dict[str, str]:
+    """The quality check's maps ``<case_id>_quality.nii.gz`` and ``_uncertainty.nii.gz`` beside a prediction."""
+    stem = prediction.name[: -len(next(e for e in PREDICTION_EXTS if prediction.name.endswith(e)))]
+    found = {name: prediction.with_name(f"{stem}_{name}.nii.gz") for name in QUALITY_MAPS}
+    return {name: str(path) for name, path in found.items() if path.is_file()}
 
 
 def check_inputs(case: ReportCase) -> None:
@@ -178,6 +197,13 @@ def check_inputs(case: ReportCase) -> None:
             f"{case.prediction}: shape {tuple(pred.shape)} differs from {tuple(reference.shape[:3])} of the case's "
             f"images ({image})"
         )
+    for path in (case.maps or {}).values():
+        try:
+            shape = nib.load(path).shape
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable NIfTI file: {exc}") from exc
+        if shape != reference.shape[:3]:
+            raise ValueError(f"{path}: shape {tuple(shape)} differs from {tuple(reference.shape[:3])} of {image}")
     deviation = float(np.abs(pred.affine - reference.affine).max())
     if deviation > AFFINE_TOLERANCE_MM:
         raise ValueError(
@@ -335,8 +361,9 @@ def render_case(case: ReportCase, convention: str, path: Path) -> None:
     overlays.append(("prediction", prediction))
     rows = [(name, image, seg_name, seg)
             for name, image in (("FLAIR", flair), ("T1ce", t1ce)) for seg_name, seg in overlays]  # fmt: skip
+    maps = {name: load_canonical(path)[0][box] for name, path in (case.maps or {}).items()}
 
-    fig, axes = _case_figure(flair.shape, spacing, len(rows))
+    fig, axes = _case_figure(flair.shape, spacing, len(rows) + len(maps))
     cmap = ListedColormap(CLASS_COLOURS)
     windows = {"FLAIR": intensity_window(flair), "T1ce": intensity_window(t1ce)}
     for r, (image_name, image, seg_name, seg) in enumerate(rows):
@@ -358,6 +385,22 @@ def render_case(case: ReportCase, convention: str, path: Path) -> None:
                 ax.set_title(f"{view} (RAS slice {centre[axis] + offset[axis]})", color="white", fontsize=10)
             if c == 0:
                 ax.set_ylabel(f"{image_name} + {seg_name}", color="white", fontsize=10)
+    for r, (name, values) in enumerate(maps.items(), start=len(rows)):  # the quality check's maps over FLAIR
+        image_slices, map_slices = display_slices(flair, centre, spacing), display_slices(values, centre, spacing)
+        low, high = QUALITY_MAP_RANGES[name]
+        for c, view in enumerate(VIEWS):
+            ax = axes[r, c]
+            grey, aspect = image_slices[view]
+            ax.imshow(grey, cmap="gray", vmin=windows["FLAIR"][0], vmax=windows["FLAIR"][1], aspect=aspect,
+                      interpolation="nearest")  # fmt: skip
+            shown = np.ma.masked_less_equal(map_slices[view][0], low + 0.05 * (high - low))  # faint values: hidden
+            ax.imshow(shown, cmap="inferno", vmin=low, vmax=high, alpha=0.6, aspect=aspect, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            _edge_letters(ax, view)
+            if c == 0:
+                ax.set_ylabel(f"FLAIR + {QUALITY_MAP_TITLES[name]}\n(0 to {high:g}, bright = worse)", color="white",
+                              fontsize=9)  # fmt: skip
     values = label_values(convention)
     handles = [Patch(facecolor=colour, edgecolor="white", label=f"{name} (label {values[k + 1]})")
                for k, (name, colour) in enumerate(zip(CLASS_SHORT_NAMES, CLASS_COLOURS))]  # fmt: skip
@@ -532,12 +575,36 @@ def _metrics_table(case_ids: Sequence[str], columns: Sequence[str], metrics: dic
     return f"<table><tr><th>case</th>{head}</tr>{''.join(body)}</table>"
 
 
+def read_ranking(path: PathLike) -> list[dict[str, str]]:
+    """The rows of the quality check's ``quality_ranking.csv`` (worst first); an unreadable file names itself."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"quality ranking {path} cannot be read: {exc}") from exc
+    if rows and not {"rank", "case_id"} <= set(rows[0]):
+        raise ValueError(f"quality ranking {path}: expected columns rank and case_id, got {list(rows[0])}")
+    return rows
+
+
+def _ranking_table(ranking: Sequence[dict[str, str]]) -> str:
+    columns = [c for c in ("est_dice_mean", "est_dice_WT", "d_score", "uncertainty", "confidence") if c in ranking[0]]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in ranking:
+        case_id = html.escape(row["case_id"])
+        cells = "".join(f"<td>{_format_value(row.get(c))}</td>" for c in columns)
+        body.append(f'<tr><td>{html.escape(row["rank"])}</td><td><a href="#{case_id}">{case_id}</a></td>{cells}</tr>')
+    return f"<table><tr><th>rank</th><th>case</th>{head}</tr>{''.join(body)}</table>"
+
+
 def write_html(
     path: Path,
     case_ids: Sequence[str],
     sources: dict[str, str],
     curves: bool,
     metrics: tuple[list[str], dict[str, dict[str, str]]] | None,
+    ranking: list[dict[str, str]] | None = None,
 ) -> None:
     """Write ``index.html``: title, date, inputs, training curves, the Dice table and every case's PNG (relative
     links, so the report folder can be moved or archived as a whole)."""
@@ -559,6 +626,11 @@ def write_html(
                   'alt="training curves"></a>']  # fmt: skip
     if metrics is not None:
         parts += ["<h2>Dice per case</h2>", _metrics_table(case_ids, *metrics)]
+    if ranking:
+        parts += ["<h2>Quality check: worst first</h2>",
+                  "<p>Cases to review first: sorted by the estimated mean Dice (the discriminator's score and the "
+                  "model's uncertainty, calibrated on validation cases; see docs/quality.md), or by the raw "
+                  "discriminator score when no calibration was available.</p>", _ranking_table(ranking)]  # fmt: skip
     parts.append(f"<h2>Cases ({len(case_ids)})</h2>")
     parts.append("<p>Prediction and reference over FLAIR and T1ce, slices through the centre of the whole tumour; "
                  "radiological convention (patient's right on the left).</p>")  # fmt: skip
@@ -629,6 +701,11 @@ def make_report(
     out = check_output_dir(output_dir, overwrite, [dataset_dir, predictions_dir, logs_dir, metrics_csv])
     for case in cases:
         check_inputs(case)
+    ranking_file = Path(predictions_dir) / QUALITY_RANKING
+    ranking = read_ranking(ranking_file) if ranking_file.is_file() else None
+    if ranking is not None:  # only the rendered cases
+        shown = {c.case_id for c in cases}
+        ranking = [row for row in ranking if row["case_id"] in shown]
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
         print(f"warning: {len(unmatched)} prediction(s) in {predictions_dir} match no case of {dataset_dir}: {shown}",
@@ -649,7 +726,7 @@ def make_report(
             sources["training logs"] = str(Path(logs_dir).resolve())
         if metrics_csv is not None:
             sources["metrics"] = str(Path(metrics_csv).resolve())
-        write_html(tmp / "index.html", [c.case_id for c in cases], sources, logs_dir is not None, metrics)
+        write_html(tmp / "index.html", [c.case_id for c in cases], sources, logs_dir is not None, metrics, ranking)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -307,3 +307,33 @@ def test_logs_without_the_bundle_scalars_are_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         report.training_scalars(tmp_path / "empty")
+
+
+def test_quality_maps_and_worst_first_ranking(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The quality check's maps beside a prediction are two more rows; its ranking a worst-first table."""
+    pred = tmp_path / "pred"
+    shutil.copytree(inputs["pred"], pred)
+    seg = nib.load(pred / f"{CASES[0]}.nii.gz")
+    tumour = (np.asarray(seg.dataobj) > 0).astype(np.float32)
+    for name, values in (("quality", tumour), ("uncertainty", 0.2 * tumour)):
+        nib.save(nib.Nifti1Image(values, seg.affine), pred / f"{CASES[0]}_{name}.nii.gz")
+    (pred / "quality_ranking.csv").write_text(
+        "rank,case_id,d_score,est_dice_mean\n"
+        f"1,{CASES[1]},0.2,0.412345\n2,{CASES[0]},0.3,0.9\n3,DEMO_09999,0.4,0.95\n"
+    )
+    out = tmp_path / "report"
+    result = run_report("--dataset-dir", str(inputs["data"]), "--predictions-dir", str(pred), "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr  # the maps are not taken for predictions of unknown cases
+    assert sorted(p.name for p in (out / "cases").iterdir()) == [f"{c}.png" for c in CASES[:2]]
+    with_maps, without = (panel_rows(mpimg.imread(out / "cases" / f"{c}.png")) for c in CASES[:2])
+    assert len(with_maps) == 6 and len(without) == 4  # FLAIR + each map below the four segmentation rows
+    assert with_maps[4][..., :3].std() > 0.05 and with_maps[5][..., :3].std() > 0.05
+    page = (out / "index.html").read_text()
+    table = page[page.index("worst first"):]
+    assert "0.412" in table and table.index(CASES[1]) < table.index(CASES[0])  # worst first
+    assert "DEMO_09999" not in page  # a ranked case that is not rendered is left out
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), seg.affine), pred / f"{CASES[0]}_quality.nii.gz")
+    result = run_report("--dataset-dir", str(inputs["data"]), "--predictions-dir", str(pred), "--output-dir",
+                        str(tmp_path / "other"))  # fmt: skip
+    assert_one_line_error(result, f"{CASES[0]}_quality.nii.gz: shape (3, 3, 3) differs")
