@@ -6,7 +6,8 @@ Per case, on the model's grid (the preprocessed image):
   and 0 for (image, generated segmentation), scores (image, one-hot segmentation) patch by patch. Its patch logits,
   upsampled to the image grid, give the voxel-wise *implausibility* map ``1 - D`` (about 0 where the segmentation
   looks like a reference, 1 or more where it looks generated or wrong); ``d_score`` is the mean of ``D`` over the
-  brain and ``d_score_low`` its 5th percentile (the worst spot).
+  brain, ``d_score_low`` its 5th percentile (the worst spot) and ``d_score_tumour`` its mean over the segmentation's
+  tumour and the voxels the model calls possibly tumour.
 - **uncertainty**: the mutual information of the flip-TTA (and fold-ensemble) passes
   (:func:`bundle.inference.mutual_information`), voxel-wise, and ``uncertainty``, its mean over the voxels the
   model calls possibly tumour (mean tumour probability >= ``TUMOUR_PROBABILITY_FLOOR``).
@@ -84,8 +85,8 @@ LOW_QUANTILE = 0.05  # d_score_low: this quantile of D over the brain, the least
 #: whole tumour's equivalent-sphere radius (at least one voxel), and the extra lesion's radius likewise
 LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
 CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
-SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence")
-DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty")
+SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour")
+DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "d_score_tumour", "uncertainty")
 CALIBRATION_TARGETS: tuple[str, ...] = ("dice_WT", "dice_mean")
 ESTIMATE_NAMES: dict[str, str] = {"dice_WT": "est_dice_WT", "dice_mean": "est_dice_mean"}
 CALIBRATION_VERSION = 1
@@ -296,6 +297,7 @@ class QualityScorer:
             "volume_ml": float((classes > 0).sum()) * float(np.prod(self.spacing)) / 1000.0,
             "confidence": math.nan,
         }
+        region = classes > 0
         if probabilities is not None:
             probs = torch.as_tensor(probabilities).detach().cpu().float()
             possibly_tumour = (1.0 - probs[BACKGROUND]) >= TUMOUR_PROBABILITY_FLOOR
@@ -308,6 +310,8 @@ class QualityScorer:
             if uncertainty is not None:
                 mi = torch.as_tensor(uncertainty).detach().cpu().float().reshape(image.shape[1:])
                 scores["uncertainty"] = float(mi[possibly_tumour].mean()) if possibly_tumour.any() else 0.0
+        # D where it matters: over the segmentation's tumour and wherever the model sees possible tumour
+        scores["d_score_tumour"] = float(d[region].mean()) if region.any() else scores["d_score"]
         scores.update(apply_calibration(self.calibration, scores))
         return scores, (1.0 - d)[None]
 

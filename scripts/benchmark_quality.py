@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # make `bundle` importable
 
-from bundle.quality import apply_calibration, load_calibration, top_fraction_recall  # noqa: E402
+from bundle.quality import apply_calibration, fit_calibration, load_calibration, top_fraction_recall  # noqa: E402
 
 DEMO_SPACING_MM = 2.0  # the demo's grid (scripts/demo.py)
 TEST_SEED = 100  # demo.py makes training data with seed 0 and test data with seed 1: 100 shares no case with them
@@ -43,6 +43,7 @@ SCORES: dict[str, tuple[str, bool, str]] = {
     "est_dice_WT": ("dice_WT", True, "calibrated estimate of the WT Dice"),
     "d_score": ("dice_mean", True, "raw discriminator score (mean D over the brain)"),
     "d_score_low": ("dice_mean", True, "raw discriminator score (5th percentile of D)"),
+    "d_score_tumour": ("dice_mean", True, "raw discriminator score (mean D over the tumour and possible tumour)"),
     "uncertainty": ("dice_mean", False, "TTA mutual information over the possible tumour"),
     "volume_ml": ("dice_mean", True, "baseline: whole-tumour volume of the segmentation"),
     "confidence": ("dice_mean", True, "baseline: model's mean softmax probability of the segmentation's classes"),
@@ -69,13 +70,31 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: (v if k in text else float(v) if v != "" else math.nan) for k, v in row.items()} for row in rows]
 
 
-def summarise(rows: Sequence[dict[str, Any]], calibration: dict[str, Any] | None) -> dict[str, Any]:
+#: further calibrations fitted, like the bundle's, on the validation rows only, to see what D adds to a baseline
+COMPARISONS: dict[str, tuple[str, ...]] = {
+    "est_mean_confidence_only": ("confidence",),
+    "est_mean_confidence_and_d": ("confidence", "d_score", "d_score_low", "d_score_tumour", "uncertainty"),
+}
+
+
+def summarise(
+    rows: Sequence[dict[str, Any]],
+    calibration: dict[str, Any] | None,
+    calibration_rows: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Spearman and worst-10 % recall of every score over ``rows`` (and over the model's predictions alone), with
-    the calibrated estimates added to each row from ``calibration``."""
+    the calibrated estimates added to each row from ``calibration``; with ``calibration_rows`` (the validation rows
+    the bundle's calibration was fitted on), also the :data:`COMPARISONS` fitted on them."""
     rows = [{**row, **apply_calibration(calibration, row)} for row in rows]
+    scores = dict(SCORES)
+    for name, features in COMPARISONS.items() if calibration_rows else ():
+        model = fit_calibration(calibration_rows, features, targets=["dice_mean"])["targets"]["dice_mean"]
+        for row in rows:
+            row[name] = model["intercept"] + sum(w * row[f] for f, w in model["coefficients"].items())
+        scores[name] = ("dice_mean", True, f"linear fit of the mean Dice on {', '.join(features)} (validation rows)")
     groups = {"all": rows, "predictions": [r for r in rows if r["source"] == "prediction"]}
     results: dict[str, Any] = {"num_rows": len(rows), "num_cases": len({r["case_id"] for r in rows}), "scores": {}}
-    for name, (truth, higher_is_better, description) in SCORES.items():
+    for name, (truth, higher_is_better, description) in scores.items():
         entry = {"truth": truth, "description": description}
         for group, members in groups.items():
             pairs = [(r[name], r[truth]) for r in members if math.isfinite(r.get(name, math.nan))]
@@ -148,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
                "--eval_dir", str(out), *flips)  # fmt: skip
     calibration = load_calibration(calibration_file, required=True)
-    results = summarise(read_rows(rows_csv), calibration)
+    calibration_rows = read_rows(root / "eval/quality_calibration_rows.csv")
+    results = summarise(read_rows(rows_csv), calibration, calibration_rows)
     results.update({
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores)",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
