@@ -145,21 +145,24 @@ def test_calibration_recovers_a_linear_relation_and_round_trips(tmp_path: Path) 
     rows = []
     for _ in range(30):
         a, b, u = rng.uniform(0, 1), rng.uniform(-1, 0), rng.uniform(0, 0.1)
-        rows.append({"d_score": a, "d_score_low": b, "uncertainty": u,
+        rows.append({"d_score": a, "d_score_low": b, "uncertainty": u, "d_score_tumour": rng.uniform(0, 1),
                      "dice_WT": 0.2 + 0.5 * a - 0.3 * b, "dice_mean": 0.1 + 0.4 * a - 2.0 * u})  # fmt: skip
     calibration = fit_calibration(rows)
     wt = calibration["targets"]["dice_WT"]
     assert wt["intercept"] == pytest.approx(0.2, abs=1e-9)
-    assert wt["coefficients"] == pytest.approx({"d_score": 0.5, "d_score_low": -0.3, "uncertainty": 0.0}, abs=1e-9)
+    assert wt["coefficients"] == pytest.approx({"d_score": 0.5, "d_score_low": -0.3, "d_score_tumour": 0.0,
+                                                "uncertainty": 0.0}, abs=1e-9)  # fmt: skip
     assert wt["r2"] == pytest.approx(1.0) and wt["spearman"] == pytest.approx(1.0)
     assert calibration["targets"]["dice_mean"]["coefficients"]["uncertainty"] == pytest.approx(-2.0, abs=1e-9)
-    assert calibration["num_rows"] == 30 and calibration["features"] == ["d_score", "d_score_low", "uncertainty"]
+    assert calibration["num_rows"] == 30
+    assert calibration["features"] == ["d_score", "d_score_low", "d_score_tumour", "uncertainty"]
     path = save_calibration(tmp_path / "models" / "quality_calibration.json", calibration)
     loaded = load_calibration(path)
     assert loaded == json.loads(json.dumps(calibration))
-    estimate = apply_calibration(loaded, {"d_score": 0.5, "d_score_low": -0.5, "uncertainty": 0.05})
+    estimate = apply_calibration(loaded, {"d_score": 0.5, "d_score_low": -0.5, "d_score_tumour": 0.7, "uncertainty": 0.05})
     assert estimate == pytest.approx({"est_dice_WT": 0.2 + 0.25 + 0.15, "est_dice_mean": 0.1 + 0.2 - 0.1})
-    assert apply_calibration(loaded, {"d_score": 9.0, "d_score_low": 0.0, "uncertainty": 0.0})["est_dice_WT"] == 1.0
+    high = {"d_score": 9.0, "d_score_low": 0.0, "d_score_tumour": 0.0, "uncertainty": 0.0}
+    assert apply_calibration(loaded, high)["est_dice_WT"] == 1.0
     with pytest.raises(ValueError, match="too few"):
         fit_calibration(rows[:4])
 
@@ -198,3 +201,43 @@ def test_rankings() -> None:
     assert top_fraction_recall(truth, truth) == 1.0
     assert top_fraction_recall(truth[::-1], truth) == 0.0
     assert top_fraction_recall([1, 0] + truth[2:], truth) == 1.0  # the worst two, in another order
+
+
+def test_calibration_table_refuses_to_replace_a_calibration(tmp_path: Path) -> None:
+    from bundle.quality import QualityCaseTable
+
+    existing = tmp_path / "quality_calibration.json"
+    existing.write_text("{}")
+    scorer = QualityScorer(Vox2VoxDiscriminator(in_channels=8, channels=4))
+    table = QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing)
+    with pytest.raises(FileExistsError, match=f"quality calibration {existing} exists"):
+        table._start(None)  # type: ignore[arg-type]
+    QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing, overwrite=True)._start(None)  # type: ignore[arg-type]
+    assert existing.read_text() == "{}"
+    with pytest.raises(ValueError, match="overwrite_calibration"):
+        QualityCaseTable(scorer, tmp_path / "rows.csv", overwrite="false")  # type: ignore[arg-type]
+
+
+def test_benchmark_summary_orients_and_compares_scores() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benchmark_quality import summarise
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in range(40):
+        dice = n / 40
+        rows.append({"case_id": f"c{n // 4}", "source": "prediction" if n % 4 == 0 else "erosion", "dice_WT": dice,
+                     "dice_mean": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
+                     "d_score_tumour": dice, "uncertainty": 1.0 - dice, "volume_ml": rng.random(),
+                     "confidence": dice, "d_score_probabilities": 0.5})  # fmt: skip
+    calibration = fit_calibration(rows, ["d_score_tumour"])
+    results = summarise(rows, calibration, calibration_rows=rows)
+    scores = results["scores"]
+    assert scores["est_dice_mean"]["all"]["spearman"] == pytest.approx(1.0)
+    assert scores["uncertainty"]["all"]["spearman"] == pytest.approx(1.0)  # higher uncertainty: worse, oriented
+    assert scores["uncertainty"]["all"]["worst10_recall"] == 1.0
+    assert abs(scores["d_score_low"]["all"]["spearman"]) < 0.5
+    assert scores["est_mean_confidence_only"]["predictions"]["spearman"] == pytest.approx(1.0)
+    assert results["num_cases"] == 10 and results["num_rows"] == 40
