@@ -69,12 +69,14 @@ def test_torchrun_trains_on_both_ranks_and_rank_0_alone_writes(data_dir: Path, t
 
     # one set of checkpoints, written by rank 0, holding the final weights every rank ended with
     models = root / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "model.pt"]
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt",
+                                                         "discriminator.pt", "model.pt"]  # fmt: skip
     state = torch.load(models / "checkpoint_epoch=2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4 and state["trainer"]["epoch_length"] == 2
     assert not any(k.startswith("module.") for k in state["generator"])  # DDP's wrapper is not in the checkpoint
     assert generator_sha256(state["generator"]) == digest
     assert set(torch.load(models / "model.pt", weights_only=True)) == set(state["generator"])
+    assert set(torch.load(models / "discriminator.pt", weights_only=True)) == set(state["discriminator"])  # no module.
     # TensorBoard files (training scalars, validation scalars, validation images) from rank 0's process only
     events = sorted((root / "logs").iterdir())
     assert events and all(p.name.startswith("events.out.tfevents.") for p in events)
