@@ -17,6 +17,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 __all__ = [
     "AtomicCheckpointSaver",
     "NamedCheckpointLoader",
+    "ValidationState",
     "ensure_writable",
     "prepare_run_dirs",
     "start_training",
@@ -25,7 +26,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 TRAINING_CHECKPOINT = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")  # the interval checkpoints of CheckpointSaver
-BEST_MODEL_NAME = "model.pt"
+#: what validation writes at its best epoch: the generator alone (evaluation, inference, MONAI Label) and the
+#: discriminator of that epoch (the quality check); an earlier run's copies are stale beside a new run's model
+BEST_MODEL_NAMES = ("model.pt", "discriminator.pt")
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -39,8 +42,63 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True  # ignite's DiskSaver flag, set by MONAI to False
+            if checkpoint is None:
+                continue
+            checkpoint.save_handler._atomic = True  # ignite's DiskSaver flag, set by MONAI to False
+            if checkpoint.save_handler.filename is not None:
+                # a fixed name (models/model.pt): ignite removes the previous file before it writes the new one,
+                # which leaves no best model at all if the process dies in between; the atomic rename replaces
+                # the file in one step, so the removal is left out
+                checkpoint.save_handler.remove = _keep_until_replaced
+
+    @property
+    def key_metric_filename(self) -> str | None:
+        """The fixed file name of the best-metric checkpoint (``model.pt``), or None."""
+        checkpoint = self._key_metric_checkpoint
+        return None if checkpoint is None else checkpoint.save_handler.filename
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the best-metric saver has saved (score and file name), for :meth:`load_state_dict` on resume."""
+        return {} if self._key_metric_checkpoint is None else dict(self._key_metric_checkpoint.state_dict())
+
+
+def _keep_until_replaced(filename: str) -> None:
+    """The ``remove`` of a fixed-name saver: nothing to do, the next atomic write replaces the file."""
+
+
+class ValidationState:
+    """The best validation so far, as part of a training checkpoint, so that a resumed run goes on from it.
+
+    It holds the evaluator's best metric and its epoch, and the score each best-metric saver among the validation
+    handlers has saved (``models/model.pt``, ``models/discriminator.pt``). Without it a resumed run would take its
+    first validation for a new best and replace the best model of the run before the crash with a worse one.
+
+    Args:
+        evaluator: the validation evaluator (its ``state.best_metric`` and ``state.best_metric_epoch``).
+        handlers: the evaluator's handlers; the :class:`AtomicCheckpointSaver` ones with a fixed key-metric file
+            name are tracked by that name. Savers missing on this process (disabled on ranks > 0) are skipped.
+    """
+
+    def __init__(self, evaluator: Engine, handlers: Sequence[Any]) -> None:
+        self.evaluator = evaluator
+        self.savers = {
+            h.key_metric_filename: h for h in handlers if isinstance(h, AtomicCheckpointSaver) and h.key_metric_filename
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.evaluator.state
+        return {
+            "best_metric": float(state.best_metric),
+            "best_metric_epoch": int(state.best_metric_epoch),
+            "savers": {name: saver.state_dict() for name, saver in self.savers.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.evaluator.state.best_metric = state_dict["best_metric"]
+        self.evaluator.state.best_metric_epoch = state_dict["best_metric_epoch"]
+        for name, saver in self.savers.items():
+            if state_dict["savers"].get(name):
+                saver.load_state_dict(state_dict["savers"][name])
 
 
 class NamedCheckpointLoader(CheckpointLoader):
@@ -99,8 +157,9 @@ def prepare_run_dirs(
         ckpt_dir: where checkpoints go. If it holds an earlier run's checkpoints, training stops with an error
             unless ``resume`` (continue that run) or ``overwrite`` (delete its checkpoints and start afresh).
         other_dirs: further output folders (logs) that must be writable.
-        keep_best_model: with ``overwrite``, keep ``model.pt``: MONAI Label loads it as the pretrained weights of
-            its next training, which then replaces it with that training's best generator.
+        keep_best_model: with ``overwrite``, keep ``model.pt`` and ``discriminator.pt``: MONAI Label loads
+            ``model.pt`` as the pretrained weights of its next training, which then replaces both with that
+            training's best generator and its discriminator.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite are both true: choose one.")
@@ -112,7 +171,8 @@ def prepare_run_dirs(
         if not checkpoints:
             raise FileNotFoundError(f"resume is true but {ckpt_dir} holds no training checkpoint (checkpoint_epoch=N.pt)")
         return
-    earlier = checkpoints + [p for p in [ckpt_dir / BEST_MODEL_NAME] if p.is_file() and not keep_best_model]
+    best = [] if keep_best_model else [ckpt_dir / name for name in BEST_MODEL_NAMES]
+    earlier = checkpoints + [p for p in best if p.is_file()]
     if earlier and not overwrite:
         raise FileExistsError(
             f"{ckpt_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}): pass "

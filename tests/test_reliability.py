@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoints import AtomicCheckpointSaver, _load_latest, training_checkpoints
@@ -32,14 +32,14 @@ def cli_overrides(overrides: dict) -> list[str]:
     return [arg for key, value in overrides.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
 
 
-def training_workflow(**overrides) -> ConfigWorkflow:
+def training_workflow(run_id: str = "training", **overrides) -> ConfigWorkflow:
     """The training workflow of configs/train.yaml, in this process, with ``overrides`` as on the command line."""
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.yaml"),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type="train",
-        run_id="training",
+        run_id=run_id,
         **{k: str(v) if isinstance(v, Path) else v for k, v in {**TINY, **overrides}.items()},
     )
     workflow.initialize()
@@ -99,18 +99,33 @@ def test_a_new_run_never_overwrites_an_earlier_one(data_dir: Path, tmp_path: Pat
     args = {"dataset_dir": data_dir, "bundle_root": tmp_path, "max_epochs": 1}
     training_workflow(**args).run()
     before = {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()}
-    assert set(before) == {"checkpoint_epoch=1.pt", "model.pt"}  # validation runs at the last epoch at least
+    # validation runs at the last epoch at least: the best generator and its discriminator
+    assert set(before) == {"checkpoint_epoch=1.pt", "discriminator.pt", "model.pt"}
 
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.yaml"),
            "--meta_file", str(CONFIGS / "metadata.json"), *cli_overrides({**TINY, **args})]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "holds checkpoints of an earlier run (checkpoint_epoch=1.pt, model.pt)" in result.stdout + result.stderr
+    earlier = "checkpoint_epoch=1.pt, model.pt, discriminator.pt"
+    assert f"holds checkpoints of an earlier run ({earlier})" in result.stdout + result.stderr
     assert "--resume true" in result.stderr and "--overwrite true" in result.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "models").iterdir()} == before
 
     training_workflow(**args, overwrite=True).run()  # an explicit overwrite starts afresh
     assert torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)["trainer"]["iteration"] == 2
+
+
+def test_monai_labels_run_resumes_with_resume_true(data_dir: Path, tmp_path: Path) -> None:
+    args = {"dataset_dir": data_dir, "bundle_root": tmp_path}
+    training_workflow(**args, max_epochs=1).run()
+    # `run` (MONAI Label's entry point) replaces earlier training checkpoints, but not when asked to resume
+    workflow = training_workflow("run", **args, max_epochs=2, resume="true")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    started: list[int] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append(e.state.iteration))
+    workflow.run()
+    assert started == [3, 4]  # it went on after the first epoch's two iterations
+    assert [p.name for p in training_checkpoints(tmp_path / "models")] == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
 
 
 def test_resume_without_a_checkpoint_is_an_error(data_dir: Path, tmp_path: Path) -> None:
@@ -132,6 +147,58 @@ def test_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path: Path) -> N
 def test_checkpoints_are_written_atomically(tmp_path: Path) -> None:
     saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"net": torch.nn.Linear(2, 2)}, save_interval=1)
     assert saver._interval_checkpoint.save_handler._atomic
+
+
+def test_a_crash_while_writing_a_new_best_model_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = torch.nn.Linear(2, 2)
+    evaluator = Engine(lambda engine, batch: None)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")  # fmt: skip
+    saver.attach(evaluator)
+    evaluator.add_event_handler(Events.STARTED, lambda e: e.state.metrics.update(dice=0.5))
+    evaluator.run([0], max_epochs=1)
+    first = (tmp_path / "model.pt").read_bytes()
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", disk_full)
+    evaluator.state.metrics["dice"] = 0.9  # a new best, whose write fails
+    with pytest.raises(OSError, match="No space left"):
+        saver.metrics_completed(evaluator)
+    assert (tmp_path / "model.pt").read_bytes() == first  # ignite removed it before writing: now it stays
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # and no temporary file is left
+
+
+def test_resume_keeps_the_best_validation_and_its_model(data_dir: Path, tmp_path: Path) -> None:
+    args = {"dataset_dir": data_dir, "bundle_root": tmp_path, "val_interval": 1}
+    first = training_workflow(**args, max_epochs=2)
+    first.run()
+    models = tmp_path / "models"
+    best = first.parser.get_parsed_content("validate#evaluator").state
+    checkpoint = models / "checkpoint_epoch=2.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    validation = state["validation"]
+    assert (validation["best_metric"], validation["best_metric_epoch"]) == (best.best_metric, best.best_metric_epoch)
+    assert [score for score, _ in validation["savers"]["model.pt"]["_saved"]] == [best.best_metric]
+    assert set(validation["savers"]) == {"model.pt", "discriminator.pt"}
+    # a best that the resumed run cannot beat (Dice <= 1), as if the run before the crash had reached it
+    validation["best_metric"] = 2.0
+    for saved in validation["savers"].values():
+        saved["_saved"] = [(2.0, name) for _, name in saved["_saved"]]
+    torch.save(state, checkpoint)
+    kept = {name: (models / name).read_bytes() for name in ("model.pt", "discriminator.pt")}
+
+    resumed = training_workflow(**args, max_epochs=3, resume="true")  # as the command line gives it
+    resumed.run()
+    evaluator = resumed.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.epoch == 3  # it validated again
+    assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (2.0, validation["best_metric_epoch"])
+    assert {name: (models / name).read_bytes() for name in kept} == kept  # not replaced by a worse model
 
 
 def tiny_trainer(batches: list[dict], **kwargs) -> Vox2VoxTrainer:
