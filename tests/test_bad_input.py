@@ -178,3 +178,20 @@ def test_datalist_errors_name_the_file_in_json(data_dir: Path, tmp_path: Path) -
         run_workflow(["train.yaml", "evaluate.yaml"], "evaluating", dataset_dir=data_dir, bundle_root=tmp_path / "run",
                      datalist_file=tmp_path / "datalist.json", num_folds=1, eval_split="all")  # fmt: skip
     assert f"{CASE}_t1ce.nii.gz" in error_text(error.value)
+
+
+def test_a_4d_file_names_its_bad_channel_by_modality() -> None:
+    from monai.data import MetaTensor
+
+    from bundle.image_checks import CheckImaged
+
+    image = MetaTensor(torch.ones(4, 4, 4, 4), meta={"filename_or_obj": "BRATS_001.nii.gz"})
+    image[0] = 0  # MSD stores FLAIR, T1w, T1gd, T2w: the first channel is the FLAIR
+    msd = CheckImaged("image", channel_order=[1, 2, 3, 0])
+    with pytest.raises(ValueError, match=r"^BRATS_001\.nii\.gz \(channel FLAIR\): every voxel is zero"):
+        msd({"image": image})
+    image[0], image[3] = float("inf"), 1.0
+    with pytest.raises(ValueError, match=r"\(channel FLAIR\): 64 voxels are NaN or infinite"):
+        msd({"image": image})
+    with pytest.raises(ValueError, match="channel_order must be a permutation"):
+        CheckImaged("image", channel_order=[0, 1, 2, 2])
