@@ -212,11 +212,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _datalist_problem(data: Any) -> str | None:
-    """What is wrong with a loaded datalist, or None."""
+def unset_path(value: PathLike | None) -> bool:
+    """Whether an optional path setting is unset: None, or ``null`` / ``none`` / empty as the command line gives
+    it (``--datalist_file null`` reaches the config as the text 'null')."""
+    return value is None or str(value).strip().lower() in ("", "null", "none")
+
+
+def _datalist_problem(data: Any, training: bool = True) -> str | None:
+    """What is wrong with a loaded datalist, or None. ``training``: every case needs ``label`` and ``fold``;
+    otherwise (inference) only ``image``, and ``num_folds`` is not needed."""
     if not isinstance(data, dict):
         return "expected a JSON object"
-    missing = [k for k in ("label_convention", "channel_order", "num_folds", "training") if k not in data]
+    required = ("label_convention", "channel_order", "num_folds", "training") if training else (
+        "label_convention", "channel_order", "training")  # fmt: skip
+    missing = [k for k in required if k not in data]
     if missing:
         return f"missing keys {missing}"
     if data["label_convention"] not in LABEL_CONVENTIONS:
@@ -224,18 +233,20 @@ def _datalist_problem(data: Any) -> str | None:
     order = data["channel_order"]
     if not isinstance(order, list) or not all(map(_is_int, order)) or sorted(order) != [0, 1, 2, 3]:
         return f"channel_order must be a permutation of [0, 1, 2, 3], got {order!r}"
-    if not _is_int(data["num_folds"]) or data["num_folds"] < 1:
+    if training and (not _is_int(data["num_folds"]) or data["num_folds"] < 1):
         return f"num_folds must be an integer >= 1, got {data['num_folds']!r}"
     if not isinstance(data["training"], list) or not data["training"]:
         return "'training' must be a non-empty list of cases"
     for i, item in enumerate(data["training"]):
-        where = f"training item {i}" + (f" ({item.get('case_id')})" if isinstance(item, dict) else "")
-        if not isinstance(item, dict) or "image" not in item or "label" not in item:
-            return f"{where} must be an object with 'image' and 'label'"
+        where = f"training item {i}" + (f" ({item['case_id']})" if isinstance(item, dict) and "case_id" in item else "")
+        if not isinstance(item, dict) or "image" not in item or (training and "label" not in item):
+            return f"{where} must be an object with 'image'" + (" and 'label'" if training else "")
         image = item["image"]
         paths = [image] if isinstance(image, str) else image if isinstance(image, list) and len(image) == 4 else [None]
         if not all(isinstance(p, str) and p for p in paths):
             return f"{where}: 'image' must be a path or a list of 4 paths, got {image!r}"
+        if not training:
+            continue
         if not isinstance(item["label"], str) or not item["label"]:
             return f"{where}: 'label' must be a path, got {item['label']!r}"
         if not _is_int(item.get("fold")) or not 0 <= item["fold"] < data["num_folds"]:
@@ -243,8 +254,9 @@ def _datalist_problem(data: Any) -> str | None:
     return None
 
 
-def load_datalist(datalist_file: PathLike, dataset_dir: PathLike) -> dict[str, Any]:
-    """Read and validate a datalist JSON; image and label paths are made absolute under ``dataset_dir``."""
+def load_datalist(datalist_file: PathLike, dataset_dir: PathLike, training: bool = True) -> dict[str, Any]:
+    """Read and validate a datalist JSON; image and label paths are made absolute under ``dataset_dir``.
+    ``training``: its cases need labels and folds; false (inference): images alone will do."""
     path = os.fspath(datalist_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"datalist file {path} not found")
@@ -253,7 +265,7 @@ def load_datalist(datalist_file: PathLike, dataset_dir: PathLike) -> dict[str, A
             data = json.load(f)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"datalist file {path} is not valid JSON: {exc}") from exc
-    problem = _datalist_problem(data)
+    problem = _datalist_problem(data, training)
     if problem:
         raise ValueError(f"datalist file {path} is malformed: {problem}")
     return _absolute_paths(data, dataset_dir)
@@ -270,32 +282,6 @@ def _absolute_paths(datalist: dict[str, Any], dataset_dir: PathLike) -> dict[str
             item["label"] = absolute(item["label"])
         training.append(item)
     return {**datalist, "training": training}
-
-
-def inference_datalist(dataset_dir: PathLike, datalist_file: PathLike | None = None) -> dict[str, Any]:
-    """The cases to segment, with absolute paths and their files checked; labels are not needed nor loaded.
-
-    Every case of ``dataset_dir`` in one of the supported layouts, or every case of ``datalist_file`` (paths
-    relative to ``dataset_dir``). Returns the datalist keys ``layout``, ``label_convention``, ``channel_order``
-    and ``training`` (the cases, without ``label``).
-    """
-    if datalist_file:
-        datalist = load_datalist(datalist_file, dataset_dir)
-    else:
-        layout, cases = find_cases(dataset_dir, require_label=False)
-        datalist = _absolute_paths(
-            {
-                "layout": layout,
-                "label_convention": LAYOUT_CONVENTION[layout],
-                "channel_order": CHANNEL_ORDER[layout],
-                "training": cases,
-            },
-            dataset_dir,
-        )
-    cases = [{k: v for k, v in case.items() if k != "label"} for case in datalist["training"]]
-    for case in cases:
-        check_case_files(case)
-    return {**datalist, "training": cases}
 
 
 def modality_files(image: PathLike | list[PathLike]) -> str | list[str]:
@@ -353,9 +339,9 @@ def resolve_datalist(
     the dataset's data itself), the BraTS 2018-2021 conventions and no cases: :func:`split_cases` then says that
     a data set must be named.
     """
-    if not datalist_file and dataset_dir is None:
+    if unset_path(datalist_file) and dataset_dir is None:
         return dict(DEFAULT_DATALIST)
-    if datalist_file:
+    if not unset_path(datalist_file):
         datalist = load_datalist(datalist_file, dataset_dir)
     else:
         datalist = _absolute_paths(make_datalist(dataset_dir, num_folds=num_folds, seed=seed), dataset_dir)

@@ -40,6 +40,7 @@ from bundle.datalist import (
     case_id_from_path,
     check_case_files,
     load_datalist,
+    unset_path,
 )
 
 __all__ = [
@@ -407,20 +408,21 @@ class SaveOnInputGridd(SaveImaged):
 def inference_cases(
     dataset_dir: str | os.PathLike[str] | None, datalist_file: str | os.PathLike[str] | None = None
 ) -> dict[str, Any]:
-    """The cases to segment with absolute paths, like :func:`bundle.datalist.inference_datalist` but without
-    checking any file: each case is checked when it is processed (:class:`CaseDataset`), so one bad case does not
+    """The cases to segment with absolute paths: every case of ``dataset_dir`` in one of the supported layouts, or
+    every case of ``datalist_file`` (paths relative to ``dataset_dir``; labels and folds not needed). No file is
+    checked here: each case is checked when it is processed (:class:`CaseDataset`), so one bad case does not
     stop the others. A BraTS case missing a modality file keeps the expected path, reported when it is checked.
     With neither ``dataset_dir`` nor ``datalist_file`` (MONAI Label, which passes its images itself): no cases, and
     the BraTS 2018-2021 conventions, so that the preprocessing and postprocessing can still be built.
     """
-    if not datalist_file and dataset_dir is None:
+    if unset_path(datalist_file) and dataset_dir is None:
         layout = "brats2021"
         return {"layout": None, "label_convention": LAYOUT_CONVENTION[layout],
                 "channel_order": list(CHANNEL_ORDER[layout]), "training": []}  # fmt: skip
     if dataset_dir is None:
         raise ValueError(f"datalist_file {datalist_file} needs dataset_dir: its paths are relative to it")
-    if datalist_file:
-        datalist = load_datalist(datalist_file, dataset_dir)
+    if not unset_path(datalist_file):
+        datalist = load_datalist(datalist_file, dataset_dir, training=False)
     else:
         root = _dataset_root(dataset_dir)
         layout, folders = _detect(root)

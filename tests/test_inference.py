@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -26,10 +27,12 @@ from bundle.inference import (
     EnsembleInferer,
     RelabelSmallETd,
     checkpoint_paths,
+    inference_cases,
     load_generator_weights,
     save_labels_on_input_grid,
 )
 from bundle.networks import Vox2VoxGenerator
+from helpers import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -278,12 +281,43 @@ def test_small_et_rule_is_configured_from_settings(tmp_path: Path) -> None:
         return found
 
     assert not rule(config_workflow(tmp_path, dataset_dir=str(data))).enabled  # off by default
-    on = rule(config_workflow(tmp_path, dataset_dir=str(data), postprocess_small_et=True))
+    on = rule(config_workflow(tmp_path, dataset_dir=str(data), postprocess_small_et="true"))  # as fire gives it
     assert on.enabled and on.min_voxels == 500
     lower = rule(config_workflow(tmp_path, dataset_dir=str(data), postprocess_small_et=True, et_min_voxels=50))
     assert lower.min_voxels == 50
     with pytest.raises(Exception, match="et_min_voxels"):
         RelabelSmallETd("pred", min_voxels=-1)
+
+
+def test_cases_from_a_datalist_without_labels_or_folds(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for case_id in ("a", "b"):
+        write_brats_case(data, case_id, (8, 8, 8), affine_of((1.0, 1.0, 1.0), (-1, -1, 1)), seed=0)
+    datalist = {"label_convention": "brats2021", "channel_order": [0, 1, 2, 3],
+                "training": [{"image": [f"b/b_{m}.nii.gz" for m in MODALITIES]}]}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    found = inference_cases(data, tmp_path / "datalist.json")
+    assert [c["case_id"] for c in found["training"]] == ["b"]
+    assert found["training"][0]["image"][0] == str(data / "b" / "b_t1.nii.gz")
+    # `--datalist_file null` on the command line is the text 'null': every case of the folder
+    assert [c["case_id"] for c in inference_cases(data, "null")["training"]] == ["a", "b"]
+    datalist["training"] = [{"label": "b/b_seg.nii.gz"}]
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(ValueError, match=r"datalist\.json is malformed: training item 0 must be an object with 'image'$"):
+        inference_cases(data, tmp_path / "datalist.json")
+
+
+@pytest.mark.parametrize(("tta", "passes"), [("false", 1), ("true", 8), ("False", 1), (True, 8), (0, 1)])
+def test_tta_is_read_as_the_command_line_gives_it(tta: object, passes: int, tmp_path: Path) -> None:
+    # `--tta false` reaches the config as the text 'false', which Python takes for true
+    inferer = config_workflow(tmp_path, tta=tta).parser.get_parsed_content("inferer")
+    assert len(inferer.flips) == passes
+
+
+def test_a_yes_no_setting_of_another_value_names_it(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as error:
+        config_workflow(tmp_path, tta="yes please").parser.get_parsed_content("inferer")
+    assert "tta must be true or false, got 'yes please'" in error_text(error.value)
 
 
 # ---- checkpoints and writing -----------------------------------------------------------------------------------
