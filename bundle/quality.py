@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import io
 import json
 import logging
@@ -71,6 +72,7 @@ __all__ = [
     "region_dice",
     "save_calibration",
     "top_fraction_recall",
+    "weights_digests",
 ]
 
 logger = logging.getLogger(__name__)
@@ -379,6 +381,21 @@ def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str
     return out
 
 
+def weights_digests(weights: Mapping[str, str | os.PathLike[str] | None]) -> dict[str, str]:
+    """sha256 of each weights file (``{"generator": path, "discriminator": path}``; None: left out): what a
+    calibration was fitted with, so that it is not applied to the outputs of other weights."""
+    digests = {}
+    for role, path in weights.items():
+        if path is None:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests[role] = digest.hexdigest()
+    return digests
+
+
 def save_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any]) -> Path:
     """Writes the calibration as JSON, atomically."""
     path = Path(path)
@@ -386,15 +403,24 @@ def save_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any
     return path
 
 
-def load_calibration(path: str | os.PathLike[str] | None, required: bool = False) -> dict[str, Any] | None:
-    """The calibration in ``path``, checked; ``None`` (with a warning) when the file is missing, or an error naming
-    it when ``required``. A file that is not a calibration is always an error naming it."""
-    if path is None or not os.path.isfile(path):
-        message = (f"quality calibration {path} does not exist: run `calibrating` (configs/quality.yaml) first; "
-                   "the quality scores are written without estimated Dice")  # fmt: skip
+def load_calibration(
+    path: str | os.PathLike[str] | None,
+    required: bool = False,
+    weights: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> dict[str, Any] | None:
+    """The calibration in ``path``, checked; ``None`` (with a warning) when the file is missing or was fitted with
+    other weights than ``weights`` (``{"generator": path, "discriminator": path}``, compared by sha256 with those
+    it was fitted with: after retraining, an old calibration would give wrong estimates), or an error naming it
+    when ``required``. A file that is not a calibration is always an error naming it."""
+
+    def unusable(message: str, error: type[Exception]) -> None:
         if required:
-            raise FileNotFoundError(message)
+            raise error(message)
         logger.warning(message)
+
+    if path is None or not os.path.isfile(path):
+        unusable(f"quality calibration {path} does not exist: run `calibrating` (configs/quality.yaml) first; "
+                 "the quality scores are written without estimated Dice", FileNotFoundError)  # fmt: skip
         return None
     try:
         calibration = json.loads(Path(path).read_text())
@@ -407,6 +433,15 @@ def load_calibration(path: str | os.PathLike[str] | None, required: bool = False
             raise ValueError(f"unknown features {unknown}; known: {SCORE_NAMES}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"quality calibration {path} cannot be read: {error}") from error
+    fitted_with = calibration.get("weights", {})
+    now = weights_digests({role: p for role, p in (weights or {}).items() if role in fitted_with})
+    changed = sorted(role for role, digest in now.items() if digest != fitted_with[role])
+    if changed:
+        files = ", ".join(f"{os.fspath(weights[role])} ({role})" for role in changed)  # type: ignore[index]
+        unusable(f"quality calibration {path} was fitted with other weights than {files}: run `calibrating` again "
+                 "with --overwrite_calibration true; the quality scores are written without estimated Dice",
+                 ValueError)  # fmt: skip
+        return None
     return calibration
 
 
@@ -573,9 +608,10 @@ class QualityCaseTable:
     per case, the model's prediction, the reference and its graded :func:`corruptions`, next to their true Dice.
 
     Reads ``image``, ``label`` (class map), ``pred`` (mean probabilities) and ``uncertainty`` of each decollated
-    output; ``levels``: the corruption strengths used. When the run completes, writes every row to ``rows_csv`` and, with ``calibration_file``, fits
-    :func:`fit_calibration` on them and saves it there. An existing ``calibration_file`` is refused before any
-    case is processed unless ``overwrite``.
+    output; ``levels``: the corruption strengths used. When the run completes, writes every row to ``rows_csv``
+    and, with ``calibration_file``, fits :func:`fit_calibration` on them and saves it there with the sha256 of the
+    ``weights`` files (``{"generator": path, "discriminator": path}``) it was fitted with. An existing
+    ``calibration_file`` is refused before any case is processed unless ``overwrite``.
     """
 
     def __init__(
@@ -588,6 +624,7 @@ class QualityCaseTable:
         seed: int = 0,
         levels: Sequence[int] = (1, 2, 3),
         case_key: str = "case_id",
+        weights: Mapping[str, str | os.PathLike[str] | None] | None = None,
     ) -> None:
         if not isinstance(scorer, QualityScorer):
             raise TypeError(f"scorer must be a bundle.quality.QualityScorer, got {type(scorer).__name__}")
@@ -603,6 +640,7 @@ class QualityCaseTable:
             raise ValueError(f"corruption levels must be some of {sorted(LEVEL_FRACTIONS)}, got {list(levels)}")
         self.features, self.overwrite, self.seed, self.case_key = list(features), overwrite, seed, case_key
         self.levels = list(levels)
+        self.weights = dict(weights or {})
         self.rows: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -655,6 +693,7 @@ class QualityCaseTable:
         calibration = fit_calibration(fit_rows, self.features)
         calibration["cases"] = sorted({str(r["case_id"]) for r in self.rows})
         calibration["rows"] = "per case: the prediction, the reference and corruptions " + ", ".join(CORRUPTION_KINDS)
+        calibration["weights"] = weights_digests(self.weights)
         save_calibration(self.calibration_file, calibration)
         fit = {t: round(m["spearman"], 3) for t, m in calibration["targets"].items()}
         logger.info(f"quality calibration on {len(calibration['cases'])} cases ({len(self.rows)} rows; in-sample "

@@ -123,7 +123,10 @@ def test_inference_names_a_missing_modality_file(trained: Path, data_dir: Path, 
 
 @pytest.mark.parametrize(
     ("config_files", "workflow_type"),
-    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "train"), (["inference.yaml"], "infer")],
+    # the evaluation workflow by MONAI's inference properties (dataset, evaluator, inferer), as MONAI has no
+    # evaluation type; it also keeps the training properties of the train.yaml it is merged over
+    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "infer"), (["train.yaml", "evaluate.yaml"], "train"),
+     (["inference.yaml"], "infer")],
 )
 def test_check_properties_is_empty(
     config_files: list[str], workflow_type: str, data_dir: Path, tmp_path: Path

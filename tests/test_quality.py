@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -26,6 +27,7 @@ from bundle.quality import (
     region_dice,
     save_calibration,
     top_fraction_recall,
+    weights_digests,
 )
 
 SHAPE = (40, 40, 40)
@@ -177,6 +179,23 @@ def test_calibration_file_errors_name_the_file(tmp_path: Path, caplog: pytest.Lo
     broken.write_text('{"features": ["d_score"]}')
     with pytest.raises(ValueError, match=f"quality calibration {broken} cannot be read"):
         load_calibration(broken)
+
+
+def test_a_calibration_of_other_weights_is_not_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    generator, discriminator = tmp_path / "model.pt", tmp_path / "discriminator.pt"
+    generator.write_bytes(b"generator weights")
+    discriminator.write_bytes(b"discriminator weights")
+    weights = {"generator": generator, "discriminator": discriminator}
+    rows = [{"d_score": x, "dice_WT": x, "dice_mean": x} for x in np.linspace(0, 1, 5)]
+    calibration = {**fit_calibration(rows, ["d_score"]), "weights": weights_digests(weights)}
+    assert calibration["weights"]["discriminator"] == hashlib.sha256(b"discriminator weights").hexdigest()
+    path = save_calibration(tmp_path / "quality_calibration.json", calibration)
+    assert load_calibration(path, weights=weights) is not None
+    discriminator.write_bytes(b"retrained discriminator weights")  # a new training run replaced it
+    assert load_calibration(path, weights=weights) is None
+    assert f"{path} was fitted with other weights than {discriminator} (discriminator)" in caplog.text
+    with pytest.raises(ValueError, match="run `calibrating` again with --overwrite_calibration true"):
+        load_calibration(path, required=True, weights=weights)
 
 
 def test_missing_discriminator_checkpoint_names_the_path(tmp_path: Path) -> None:
