@@ -23,12 +23,12 @@ SERVER_PID=""
 
 say() { printf '\n[monailabel-smoke] %s\n' "$*"; }
 fail() { printf '[monailabel-smoke] FAILED: %s\n' "$*" >&2; exit 1; }
-stop_server() {
+stop_server() {  # the server leads a process group of its own: its inference and training workers end with it
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    say "stopping the server (PID $SERVER_PID)"
-    kill "$SERVER_PID" 2>/dev/null || true
+    say "stopping the server (PID $SERVER_PID) and its workers"
+    kill -- "-$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 1; done
-    kill -9 "$SERVER_PID" 2>/dev/null || true
+    kill -9 -- "-$SERVER_PID" 2>/dev/null || true
   fi
 }
 trap stop_server EXIT
@@ -104,9 +104,10 @@ rm -f "$COPY"/models/checkpoint_epoch=*.pt
 
 # ---- 3. the server, /info/ and /infer ---------------------------------------------------------------------------
 say "starting MONAI Label on $URL"
-# the monailabel launcher runs `python -m monailabel.main` with the python found on PATH
-PATH="$VENV/bin:$PATH" "$VENV/bin/monailabel" start_server --app "$WORK/apps/monaibundle" --studies "$WORK/studies" \
-  --conf models "$MODEL" --conf zoo_source github --conf sam2 false --conf preload false \
+# the server's own python process (the `monailabel` launcher is a shell script that runs `python -m monailabel.main`
+# without exec: its PID would not be the server's), in a new session, so that its PID is also its process group's
+PATH="$VENV/bin:$PATH" setsid "$VENV/bin/python" -m monailabel.main start_server --app "$WORK/apps/monaibundle" \
+  --studies "$WORK/studies" --conf models "$MODEL" --conf zoo_source github --conf sam2 false --conf preload false \
   --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for i in $(seq 180); do
