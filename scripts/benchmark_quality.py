@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         make_dataset(test_dir, num_cases=args.num_cases, seed=args.seed, spacing=DEMO_SPACING_MM)
     rows_csv = out / "rows.csv"
-    bundle_run(root, configs, "--dataset_dir", str(test_dir), "--datalist_file", "null", "--num_folds", "1",
+    bundle_run(root, configs, "--dataset_dir", str(test_dir), "--num_folds", "1",
                "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
                "--eval_dir", str(out), *flips)  # fmt: skip
     calibration = load_calibration(calibration_file, required=True)
