@@ -275,6 +275,18 @@ def test_cli(tmp_path: Path, msd: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize(("layout", "convention"), [("brats2021", "brats2021"), ("brats2023", "brats2023")])
+def test_cli_on_brats_layouts(tmp_path: Path, layout: str, convention: str) -> None:
+    data = make_brats(tmp_path / layout, layout, n=6)
+    out = tmp_path / "datalist.json"
+    result = _cli("--dataset-dir", str(data), "--output", str(out), "--num-folds", "3", "--seed", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert layout in result.stdout and "cases: 6" in result.stdout
+    written = json.loads(out.read_text())
+    assert written == make_datalist(data, num_folds=3, seed=1)
+    assert written["label_convention"] == convention and sorted(c["fold"] for c in written["training"]) == [0, 0, 1, 1, 2, 2]
+
+
 def test_single_fold_holds_every_case(brats2021: Path) -> None:
     datalist = make_datalist(brats2021, num_folds=1)
     assert {c["fold"] for c in datalist["training"]} == {0}
