@@ -104,9 +104,9 @@ rm -f "$COPY"/models/checkpoint_epoch=*.pt
 
 # ---- 3. the server, /info/ and /infer ---------------------------------------------------------------------------
 say "starting MONAI Label on $URL"
-# the server's own python process (the `monailabel` launcher is a shell script that runs `python -m monailabel.main`
-# without exec: its PID would not be the server's), in a new session, so that its PID is also its process group's
-PATH="$VENV/bin:$PATH" setsid "$VENV/bin/python" -m monailabel.main start_server --app "$WORK/apps/monaibundle" \
+# the monailabel launcher execs `python -m monailabel.main` with the python found on PATH; in a new session, so that
+# the server's PID is also its process group's and stop_server ends the workers it starts with it
+PATH="$VENV/bin:$PATH" setsid "$VENV/bin/monailabel" start_server --app "$WORK/apps/monaibundle" \
   --studies "$WORK/studies" --conf models "$MODEL" --conf zoo_source github --conf sam2 false --conf preload false \
   --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
 SERVER_PID=$!
