@@ -121,7 +121,7 @@ import json, sys
 info = json.load(open('$WORK/info.json'))
 labels = info['models']['$MODEL']['labels']
 print('models:', list(info['models']), 'labels:', labels)
-assert {'enhancing tumour', 'peritumoural oedema', 'necrotic tumour core'} <= set(labels), labels
+assert labels == {'necrotic tumour core': 1, 'peritumoural oedema': 2, 'enhancing tumour': 4}, labels  # values written
 " || fail "/info/ does not list $MODEL with its labels"
 
 infer() {  # infer STUDY_ID OUTPUT
