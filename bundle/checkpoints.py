@@ -169,7 +169,9 @@ def prepare_run_dirs(
     checkpoints = training_checkpoints(ckpt_dir)
     if resume:
         if not checkpoints:
-            raise FileNotFoundError(f"resume is true but {ckpt_dir} holds no training checkpoint (checkpoint_epoch=N.pt)")
+            raise FileNotFoundError(
+                f"resume is true but {ckpt_dir} holds no training checkpoint (checkpoint_epoch=N.pt)"
+            )
         return
     best = [] if keep_best_model else [ckpt_dir / name for name in BEST_MODEL_NAMES]
     earlier = checkpoints + [p for p in best if p.is_file()]

@@ -238,7 +238,8 @@ def _datalist_problem(data: Any, training: bool = True) -> str | None:
     if not isinstance(data["training"], list) or not data["training"]:
         return "'training' must be a non-empty list of cases"
     for i, item in enumerate(data["training"]):
-        where = f"training item {i}" + (f" ({item['case_id']})" if isinstance(item, dict) and "case_id" in item else "")
+        named = isinstance(item, dict) and "case_id" in item
+        where = f"training item {i}" + (f" ({item['case_id']})" if named else "")
         if not isinstance(item, dict) or "image" not in item or (training and "label" not in item):
             return f"{where} must be an object with 'image'" + (" and 'label'" if training else "")
         image = item["image"]

@@ -87,11 +87,20 @@ LOW_QUANTILE = 0.05  # d_score_low: this quantile of D over the brain, the least
 #: whole tumour's equivalent-sphere radius (at least one voxel), and the extra lesion's radius likewise
 LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
 CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
-SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour")
-DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "d_score_tumour", "uncertainty")
+SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour",
+                                "confidence_wt")  # fmt: skip
+#: what the estimated Dice is fitted on: every score of the segmentation against the image and the model, but not
+#: its volume (a property of the tumour, not of the segmentation's quality)
+DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "d_score_tumour", "uncertainty", "confidence",
+                                     "confidence_wt")  # fmt: skip
 CALIBRATION_TARGETS: tuple[str, ...] = ("dice_WT", "dice_mean")
 ESTIMATE_NAMES: dict[str, str] = {"dice_WT": "est_dice_WT", "dice_mean": "est_dice_mean"}
-CALIBRATION_VERSION = 1
+#: the calibration is linear on the logit of the Dice, the Dice clipped to [DICE_CLIP, 1 - DICE_CLIP] first (a
+#: perfect or a missed segmentation has an infinite logit). A linear model on the Dice itself has to be clipped
+#: at 1, which gives every good segmentation the same estimate and loses their ranking
+DICE_CLIP = 0.02
+CALIBRATION_LINKS: tuple[str, ...] = ("identity", "logit")  # version 1 files were fitted on the Dice (identity)
+CALIBRATION_VERSION = 2
 
 
 # ---- Dice and corruptions -------------------------------------------------------------------------------------------
@@ -298,6 +307,7 @@ class QualityScorer:
             "uncertainty": math.nan,
             "volume_ml": float((classes > 0).sum()) * float(np.prod(self.spacing)) / 1000.0,
             "confidence": math.nan,
+            "confidence_wt": math.nan,
         }
         region = classes > 0
         if probabilities is not None:
@@ -307,8 +317,12 @@ class QualityScorer:
             if region.any():
                 chosen = torch.gather(probs, 0, classes[None])[0]  # the model's probability of each voxel's class
                 scores["confidence"] = float(chosen[region].mean())
-            else:
-                scores["confidence"] = 1.0  # the model is sure there is no tumour, and the segmentation agrees
+                # the same for the whole tumour: the model's probability of tumour where the segmentation has
+                # tumour, of background elsewhere (a swap of sub-regions leaves it, as it leaves the WT Dice)
+                tumour = torch.where(classes > 0, 1.0 - probs[BACKGROUND], probs[BACKGROUND])
+                scores["confidence_wt"] = float(tumour[region].mean())
+            else:  # the model is sure there is no tumour, and the segmentation agrees
+                scores["confidence"] = scores["confidence_wt"] = 1.0
             if uncertainty is not None:
                 mi = torch.as_tensor(uncertainty).detach().cpu().float().reshape(image.shape[1:])
                 scores["uncertainty"] = float(mi[possibly_tumour].mean()) if possibly_tumour.any() else 0.0
@@ -331,9 +345,10 @@ def fit_calibration(
     features: Sequence[str] = DEFAULT_FEATURES,
     targets: Sequence[str] = CALIBRATION_TARGETS,
 ) -> dict[str, Any]:
-    """Least-squares linear model ``Dice ~ intercept + sum_f w_f score_f`` per target (numpy ``lstsq``), from rows
-    holding the ``features`` and true Dice ``targets``; returns the JSON-ready calibration with its in-sample fit
-    quality (R^2, Spearman, mean absolute error), the number of rows and the date."""
+    """Least-squares linear model ``logit(Dice) ~ intercept + sum_f w_f score_f`` per target (numpy ``lstsq``; the
+    Dice clipped to [:data:`DICE_CLIP`, 1 - :data:`DICE_CLIP`]), from rows holding the ``features`` and true Dice
+    ``targets``; the estimate is the sigmoid of the linear model. Returns the JSON-ready calibration with its
+    in-sample fit quality (R^2, Spearman, mean absolute error, on the Dice), the number of rows and the date."""
     features, targets = list(features), list(targets)
     if not features or not targets:
         raise ValueError("fit_calibration needs at least one feature and one target")
@@ -350,8 +365,9 @@ def fit_calibration(
     models = {}
     for target in targets:
         y = np.array([float(row[target]) for row in rows], dtype=float)
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        fitted = np.clip(x @ coef, 0.0, 1.0)
+        clipped = np.clip(y, DICE_CLIP, 1.0 - DICE_CLIP)
+        coef, *_ = np.linalg.lstsq(x, np.log(clipped / (1.0 - clipped)), rcond=None)
+        fitted = 1.0 / (1.0 + np.exp(-(x @ coef)))
         ss_tot = float(((y - y.mean()) ** 2).sum())
         models[target] = {
             "intercept": float(coef[0]),
@@ -362,7 +378,9 @@ def fit_calibration(
         }
     return {
         "version": CALIBRATION_VERSION,
-        "model": "linear least squares, estimate clipped to [0, 1]",
+        "model": f"linear least squares on the logit of the Dice (clipped to [{DICE_CLIP}, {1 - DICE_CLIP}]), "
+        "estimate = sigmoid",
+        "link": "logit",
         "features": features,
         "targets": models,
         "num_rows": len(rows),
@@ -375,9 +393,11 @@ def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str
     if calibration is None:
         return {name: math.nan for name in ESTIMATE_NAMES.values()}
     out = {}
+    logit = calibration.get("link", "identity") == "logit"
     for target, model in calibration["targets"].items():
         value = model["intercept"] + sum(w * float(scores[f]) for f, w in model["coefficients"].items())
-        out[ESTIMATE_NAMES.get(target, f"est_{target}")] = float(np.clip(value, 0.0, 1.0))
+        estimate = 0.5 * (1.0 + math.tanh(value / 2.0)) if logit else min(max(value, 0.0), 1.0)  # tanh: the sigmoid
+        out[ESTIMATE_NAMES.get(target, f"est_{target}")] = float(estimate)
     return out
 
 
@@ -431,6 +451,8 @@ def load_calibration(
         unknown = [f for f in features if f not in SCORE_NAMES]
         if unknown:
             raise ValueError(f"unknown features {unknown}; known: {SCORE_NAMES}")
+        if calibration.get("link", "identity") not in CALIBRATION_LINKS:
+            raise ValueError(f"unknown link {calibration['link']!r}; known: {CALIBRATION_LINKS}")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"quality calibration {path} cannot be read: {error}") from error
     fitted_with = calibration.get("weights", {})

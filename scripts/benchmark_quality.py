@@ -4,10 +4,13 @@ On held-out demo cases that share nothing with the training data (made with anot
 the trained model's prediction, the reference and graded corruptions of the reference (bundle.quality.corruptions)
 with the bundle's own ``calibrating`` run (``--fit_calibration false``: rows only), then reports for each score
 the Spearman correlation with the true Dice and how many of the truly worst 10 % of segmentations are among the
-worst-scored 10 %. The calibration is fitted beforehand on the training data's validation fold only (run here
-with ``calibrating`` if ``<bundle-root>/models/quality_calibration.json`` is missing), never on the test cases.
+worst-scored 10 %. The calibration is fitted beforehand, never on the test cases: by default with the bundle's
+``calibrating`` run on ``--calibration-cases`` fresh validation cases (another seed, never used for training),
+written to ``<output-dir>/quality_calibration.json``; with ``--calibration-cases 0``, the demo's own calibration on
+its validation fold (``<bundle-root>/models/quality_calibration.json``, fitted here if missing; the demo's fold
+holds 4 cases). Further calibrations on the same validation rows, from other scores, show what each adds.
 
-    python scripts/benchmark_quality.py --bundle-root demo [--num-cases 10] [--seed 100] [--output-dir DIR]
+    python scripts/benchmark_quality.py --bundle-root demo [--num-cases 10] [--seed 100] [--calibration-cases 10]
 
 Writes ``<output-dir>/rows.csv`` (every scored segmentation), ``results.json`` and ``table.md``.
 """
@@ -36,6 +39,7 @@ from bundle.quality import apply_calibration, fit_calibration, load_calibration,
 
 DEMO_SPACING_MM = 2.0  # the demo's grid (scripts/demo.py)
 TEST_SEED = 100  # demo.py makes training data with seed 0 and test data with seed 1: 100 shares no case with them
+CALIBRATION_SEED = 200  # the fresh validation cases of the calibration: none shared with training or test
 WORST_FRACTION = 0.1
 #: each score, the true Dice it is compared with, and whether a higher score means a better segmentation
 SCORES: dict[str, tuple[str, bool, str]] = {
@@ -47,6 +51,7 @@ SCORES: dict[str, tuple[str, bool, str]] = {
     "uncertainty": ("dice_mean", False, "TTA mutual information over the possible tumour"),
     "volume_ml": ("dice_mean", True, "baseline: whole-tumour volume of the segmentation"),
     "confidence": ("dice_mean", True, "baseline: model's mean softmax probability of the segmentation's classes"),
+    "confidence_wt": ("dice_WT", True, "baseline: model's mean probability of tumour / background as segmented"),
 }
 
 
@@ -70,10 +75,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [{k: (v if k in text else float(v) if v != "" else math.nan) for k, v in row.items()} for row in rows]
 
 
-#: further calibrations fitted, like the bundle's, on the validation rows only, to see what D adds to a baseline
-COMPARISONS: dict[str, tuple[str, ...]] = {
-    "est_mean_confidence_only": ("confidence",),
-    "est_mean_confidence_and_d": ("confidence", "d_score", "d_score_low", "d_score_tumour", "uncertainty"),
+#: further calibrations fitted, like the bundle's, on the validation rows only: the discriminator's scores with
+#: the uncertainty (the quality check without the model's confidence), and the confidence baselines alone
+D_AND_UNCERTAINTY = ("d_score", "d_score_low", "d_score_tumour", "uncertainty")
+CONFIDENCE_ONLY = ("confidence", "confidence_wt")
+COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "est_mean_d_and_uncertainty": (D_AND_UNCERTAINTY, "dice_mean"),
+    "est_WT_d_and_uncertainty": (D_AND_UNCERTAINTY, "dice_WT"),
+    "est_mean_confidence_only": (CONFIDENCE_ONLY, "dice_mean"),
+    "est_WT_confidence_only": (CONFIDENCE_ONLY, "dice_WT"),
 }
 
 
@@ -87,11 +97,11 @@ def summarise(
     the bundle's calibration was fitted on), also the :data:`COMPARISONS` fitted on them."""
     rows = [{**row, **apply_calibration(calibration, row)} for row in rows]
     scores = dict(SCORES)
-    for name, features in COMPARISONS.items() if calibration_rows else ():
-        model = fit_calibration(calibration_rows, features, targets=["dice_mean"])["targets"]["dice_mean"]
+    for name, (features, target) in COMPARISONS.items() if calibration_rows else ():
+        fitted = fit_calibration(calibration_rows, features, targets=[target])
         for row in rows:
-            row[name] = model["intercept"] + sum(w * row[f] for f, w in model["coefficients"].items())
-        scores[name] = ("dice_mean", True, f"linear fit of the mean Dice on {', '.join(features)} (validation rows)")
+            row[name] = apply_calibration(fitted, row)[f"est_{target}"]
+        scores[name] = (target, True, f"calibration of the {target} on {', '.join(features)} alone")
     groups = {"all": rows, "predictions": [r for r in rows if r["source"] == "prediction"]}
     results: dict[str, Any] = {"num_rows": len(rows), "num_cases": len({r["case_id"] for r in rows}), "scores": {}}
     for name, (truth, higher_is_better, description) in scores.items():
@@ -143,9 +153,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the held-out cases (not 0 or 1)")
     parser.add_argument("--output-dir", help="results folder (default <bundle-root>/quality_benchmark)")
     parser.add_argument("--tta-flip-axes", default="[0,1,2]", help="flip TTA axes, the same for calibration")
+    parser.add_argument("--calibration-cases", type=int, default=10,
+                        help="fresh validation cases to calibrate on; 0: the demo's own calibration (its fold)")
+    parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="their seed")
     args = parser.parse_args(argv)
-    if args.seed in (0, 1):
-        raise SystemExit("benchmark_quality: seeds 0 and 1 made the demo's training and test data: choose another")
+    seeds = {"test": args.seed, "calibration": args.calibration_seed}
+    for name, seed in seeds.items():
+        if seed in (0, 1):
+            raise SystemExit(f"benchmark_quality: seeds 0 and 1 made the demo's training and test data: choose "
+                             f"another {name} seed")  # fmt: skip
+    if args.calibration_cases and args.seed == args.calibration_seed:
+        raise SystemExit("benchmark_quality: the test and calibration seeds must differ")
+    if args.calibration_cases < 0:
+        raise SystemExit(f"benchmark_quality: --calibration-cases must be >= 0, got {args.calibration_cases}")
     root = Path(args.bundle_root).resolve()
     out = Path(args.output_dir).resolve() if args.output_dir else root / "quality_benchmark"
     for needed in (root / "models/model.pt", root / "models/discriminator.pt", root / "datalist.json"):
@@ -153,21 +173,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"benchmark_quality: {needed} not found: train the demo first (make demo)")
     configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "demo", "evaluate", "quality")]
     flips = ["--tta_flip_axes", args.tta_flip_axes]
-    calibration_file = root / "models/quality_calibration.json"
-    if not calibration_file.is_file():  # fitted on the validation fold of the training data, never on test cases
-        bundle_run(root, configs, "--dataset_dir", str(root / "data"), "--datalist_file", str(root / "datalist.json"),
+    from bundle.demo_data import make_dataset
+
+    if args.calibration_cases:  # fresh validation cases, never seen in training: fitted anew on every run
+        calibration_file, calibration_rows_csv = out / "quality_calibration.json", out / "calibration_rows.csv"
+        calibration_dir = out / f"calibration_seed{args.calibration_seed}"
+        if not calibration_dir.is_dir():
+            make_dataset(calibration_dir, num_cases=args.calibration_cases, seed=args.calibration_seed,
+                         spacing=DEMO_SPACING_MM)  # fmt: skip
+        bundle_run(root, configs, "--dataset_dir", str(calibration_dir), "--num_folds", "1", "--eval_split", "all",
+                   "--calibration_file", str(calibration_file), "--overwrite_calibration", "true",
+                   "--calibration_rows_csv", str(calibration_rows_csv), "--eval_dir", str(out / "calibration"),
                    *flips)  # fmt: skip
+    else:  # the demo's own: fitted on the validation fold of its training data, never on test cases
+        calibration_file = root / "models/quality_calibration.json"
+        calibration_rows_csv = root / "eval/quality_calibration_rows.csv"
+        if calibration_file.is_file() and not calibration_rows_csv.is_file():
+            raise SystemExit(f"benchmark_quality: {calibration_file} exists but not its rows {calibration_rows_csv}: "
+                             "rerun `calibrating` with --overwrite_calibration true, or pass --calibration-cases N")
+        if not calibration_file.is_file():
+            bundle_run(root, configs, "--dataset_dir", str(root / "data"), "--datalist_file",
+                       str(root / "datalist.json"), *flips)  # fmt: skip
     test_dir = out / f"test_seed{args.seed}"
     if not test_dir.is_dir():
-        from bundle.demo_data import make_dataset
-
         make_dataset(test_dir, num_cases=args.num_cases, seed=args.seed, spacing=DEMO_SPACING_MM)
     rows_csv = out / "rows.csv"
     bundle_run(root, configs, "--dataset_dir", str(test_dir), "--num_folds", "1",
                "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
                "--eval_dir", str(out), *flips)  # fmt: skip
     calibration = load_calibration(calibration_file, required=True)
-    calibration_rows = read_rows(root / "eval/quality_calibration_rows.csv")
+    calibration_rows = read_rows(calibration_rows_csv)
     results = summarise(read_rows(rows_csv), calibration, calibration_rows)
     results.update({
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores)",

@@ -237,7 +237,9 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
                    str(trained), "--num_folds", "3", "--corruption_levels", "[3]", "--tta_flip_axes", "[0]",
                    "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
     calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
-    assert calibration["features"] == ["d_score", "d_score_low", "d_score_tumour", "uncertainty"]
+    assert calibration["features"] == ["d_score", "d_score_low", "d_score_tumour", "uncertainty", "confidence",
+                                       "confidence_wt"]  # fmt: skip
+    assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
     assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3
     with open(rows_csv) as f:
@@ -270,7 +272,7 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
         quality = list(csv.DictReader(f))
     assert [r["case_id"] for r in quality] == cases
     assert list(quality[0]) == ["case_id", "d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
+                                "confidence_wt", "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
     assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in ("est_dice_WT", "est_dice_mean"))
     with open(out / "quality_ranking.csv") as f:
         ranking = list(csv.DictReader(f))
@@ -285,7 +287,7 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
         metrics = list(csv.DictReader(f))
     default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
     assert list(metrics[0]) == default + ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                          "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
+                                          "confidence_wt", "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
     assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
 
 

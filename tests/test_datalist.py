@@ -284,7 +284,8 @@ def test_cli_on_brats_layouts(tmp_path: Path, layout: str, convention: str) -> N
     assert layout in result.stdout and "cases: 6" in result.stdout
     written = json.loads(out.read_text())
     assert written == make_datalist(data, num_folds=3, seed=1)
-    assert written["label_convention"] == convention and sorted(c["fold"] for c in written["training"]) == [0, 0, 1, 1, 2, 2]
+    assert written["label_convention"] == convention
+    assert sorted(c["fold"] for c in written["training"]) == [0, 0, 1, 1, 2, 2]
 
 
 def test_single_fold_holds_every_case(brats2021: Path) -> None:

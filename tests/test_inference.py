@@ -303,7 +303,8 @@ def test_cases_from_a_datalist_without_labels_or_folds(tmp_path: Path) -> None:
     assert [c["case_id"] for c in inference_cases(data, "null")["training"]] == ["a", "b"]
     datalist["training"] = [{"label": "b/b_seg.nii.gz"}]
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    with pytest.raises(ValueError, match=r"datalist\.json is malformed: training item 0 must be an object with 'image'$"):
+    malformed = r"datalist\.json is malformed: training item 0 must be an object with 'image'$"
+    with pytest.raises(ValueError, match=malformed):
         inference_cases(data, tmp_path / "datalist.json")
 
 

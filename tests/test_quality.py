@@ -145,28 +145,41 @@ def test_uncertainty_is_the_passes_mutual_information() -> None:
 def test_calibration_recovers_a_linear_relation_and_round_trips(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rows = []
+    features = ["d_score", "d_score_low", "d_score_tumour", "uncertainty"]
+    sigmoid = lambda z: 1.0 / (1.0 + math.exp(-z))  # noqa: E731
     for _ in range(30):
         a, b, u = rng.uniform(0, 1), rng.uniform(-1, 0), rng.uniform(0, 0.1)
+        # Dice values inside [DICE_CLIP, 1 - DICE_CLIP], whose logits are linear in the scores
         rows.append({"d_score": a, "d_score_low": b, "uncertainty": u, "d_score_tumour": rng.uniform(0, 1),
-                     "dice_WT": 0.2 + 0.5 * a - 0.3 * b, "dice_mean": 0.1 + 0.4 * a - 2.0 * u})  # fmt: skip
-    calibration = fit_calibration(rows)
+                     "dice_WT": sigmoid(0.2 + 1.5 * a - 0.8 * b),
+                     "dice_mean": sigmoid(0.1 + 1.4 * a - 9.0 * u)})  # fmt: skip
+    calibration = fit_calibration(rows, features)
     wt = calibration["targets"]["dice_WT"]
+    assert calibration["link"] == "logit"
     assert wt["intercept"] == pytest.approx(0.2, abs=1e-9)
-    assert wt["coefficients"] == pytest.approx({"d_score": 0.5, "d_score_low": -0.3, "d_score_tumour": 0.0,
+    assert wt["coefficients"] == pytest.approx({"d_score": 1.5, "d_score_low": -0.8, "d_score_tumour": 0.0,
                                                 "uncertainty": 0.0}, abs=1e-9)  # fmt: skip
     assert wt["r2"] == pytest.approx(1.0) and wt["spearman"] == pytest.approx(1.0)
-    assert calibration["targets"]["dice_mean"]["coefficients"]["uncertainty"] == pytest.approx(-2.0, abs=1e-9)
+    assert calibration["targets"]["dice_mean"]["coefficients"]["uncertainty"] == pytest.approx(-9.0, abs=1e-9)
     assert calibration["num_rows"] == 30
-    assert calibration["features"] == ["d_score", "d_score_low", "d_score_tumour", "uncertainty"]
+    assert calibration["features"] == features
     path = save_calibration(tmp_path / "models" / "quality_calibration.json", calibration)
     loaded = load_calibration(path)
     assert loaded == json.loads(json.dumps(calibration))
-    estimate = apply_calibration(loaded, {"d_score": 0.5, "d_score_low": -0.5, "d_score_tumour": 0.7, "uncertainty": 0.05})
-    assert estimate == pytest.approx({"est_dice_WT": 0.2 + 0.25 + 0.15, "est_dice_mean": 0.1 + 0.2 - 0.1})
-    high = {"d_score": 9.0, "d_score_low": 0.0, "d_score_tumour": 0.0, "uncertainty": 0.0}
-    assert apply_calibration(loaded, high)["est_dice_WT"] == 1.0
+    scores = {"d_score": 0.5, "d_score_low": -0.5, "d_score_tumour": 0.7, "uncertainty": 0.05}
+    assert apply_calibration(loaded, scores) == pytest.approx(
+        {"est_dice_WT": sigmoid(0.2 + 0.75 + 0.4), "est_dice_mean": sigmoid(0.1 + 0.7 - 0.45)}
+    )
+    # far outside the fitted range the estimate stays in (0, 1) and keeps the order of the scores
+    high, higher = ({"d_score": s, "d_score_low": 0.0, "d_score_tumour": 0.0, "uncertainty": 0.0} for s in (9.0, 12.0))
+    estimates = [apply_calibration(loaded, s)["est_dice_WT"] for s in (high, higher)]
+    assert 0.999 < estimates[0] < estimates[1] <= 1.0
+    assert apply_calibration(loaded, {**high, "d_score": -1e4})["est_dice_WT"] == 0.0  # no overflow
+    # a version 1 calibration (fitted on the Dice itself) is still applied as it was fitted
+    linear = {**loaded, "link": "identity"}
+    assert apply_calibration(linear, high)["est_dice_WT"] == 1.0
     with pytest.raises(ValueError, match="too few"):
-        fit_calibration(rows[:4])
+        fit_calibration(rows[:4], features)
 
 
 def test_calibration_file_errors_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -250,7 +263,7 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
         rows.append({"case_id": f"c{n // 4}", "source": "prediction" if n % 4 == 0 else "erosion", "dice_WT": dice,
                      "dice_mean": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
                      "d_score_tumour": dice, "uncertainty": 1.0 - dice, "volume_ml": rng.random(),
-                     "confidence": dice, "d_score_probabilities": 0.5})  # fmt: skip
+                     "confidence": dice, "confidence_wt": dice, "d_score_probabilities": 0.5})  # fmt: skip
     calibration = fit_calibration(rows, ["d_score_tumour"])
     results = summarise(rows, calibration, calibration_rows=rows)
     scores = results["scores"]
@@ -259,4 +272,6 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     assert scores["uncertainty"]["all"]["worst10_recall"] == 1.0
     assert abs(scores["d_score_low"]["all"]["spearman"]) < 0.5
     assert scores["est_mean_confidence_only"]["predictions"]["spearman"] == pytest.approx(1.0)
+    assert scores["est_WT_confidence_only"]["truth"] == "dice_WT"
+    assert abs(scores["est_WT_d_and_uncertainty"]["all"]["spearman"]) > 0.9  # d_score tracks the Dice here
     assert results["num_cases"] == 10 and results["num_rows"] == 40
