@@ -20,7 +20,8 @@ from bundle.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+# the Model Zoo's metadata schema, a byte-identical copy (tests/data/SOURCES.md): checked offline, no download
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 # a tiny model and patch so a run takes seconds; the code paths are a user's
 # and the demo data's own 4 mm grid as the model's voxel size (not BraTS' 1 mm), so no case is upsampled
@@ -139,7 +140,7 @@ def test_check_properties_is_empty(
         workflow_type=workflow_type,
         # checking the properties instantiates the workflow: tiny networks on the tiny data set
         dataset_dir=str(data_dir), bundle_root=str(tmp_path), num_folds=3, features=4, discriminator_channels=4,
-        num_workers=0,
+        num_workers=0, target_spacing=[4.0, 4.0, 4.0],
     )  # fmt: skip
     workflow.initialize()
     assert not workflow.check_properties()
