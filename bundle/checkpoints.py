@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "NamedCheckpointLoader",
     "ValidationState",
+    "check_writable_folder",
     "ensure_writable",
     "prepare_run_dirs",
     "start_training",
@@ -130,6 +132,16 @@ def _load_latest(checkpoints: list[Path]) -> tuple[Path, Mapping]:
         except Exception as error:  # noqa: BLE001  any unreadable file falls back to the previous checkpoint
             logger.warning(f"skipping unreadable checkpoint {path}: {error}")
     raise RuntimeError(f"none of the checkpoints {[str(p) for p in checkpoints]} can be read")
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """Raises naming ``folder`` if files cannot be written there (it, or its nearest existing parent, if absent),
+    without making it: for outputs written at the end of a run, checked at its start."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {folder} cannot be written ({existing} is not a writable folder)")
 
 
 def ensure_writable(folder: str | Path) -> Path:

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from monai.data import MetaTensor
 
+from bundle.checkpoints import check_writable_folder
 from bundle.labels import REGIONS
 from bundle.metrics import METRIC_NAMES, region_metrics
 
@@ -112,6 +113,7 @@ class RegionMetricsSaver:
     def _reset(self, engine: Engine) -> None:
         self.rows = []
         self._warned = False
+        check_writable_folder(self.output_dir)  # before any case is scored, not after all of them
 
     def case_spacing(self, label: Any) -> tuple[float, ...]:
         """Voxel sizes (mm) of a decollated label: its MetaTensor affine, else ``spacing`` or the default."""

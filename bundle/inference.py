@@ -27,6 +27,7 @@ from monai.inferers import Inferer
 from monai.networks.utils import eval_mode
 from monai.transforms import MapTransform, SaveImaged
 
+from bundle.checkpoints import check_writable_folder
 from bundle.datalist import (
     AFFINE_TOLERANCE_MM,
     BRATS_SUFFIXES,
@@ -503,15 +504,6 @@ class CaseDataset(Dataset):
             return {"case_id": case.get("case_id", f"#{index}"), CASE_ERROR_KEY: describe_case_error(case, error)}
 
 
-def _writable_folder(folder: str) -> None:
-    """Raises naming ``folder`` if files cannot be written there (it, or its nearest existing parent, if absent)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder {folder} cannot be written ({existing} is not a writable folder)")
-
-
 class CaseByCase:
     """``iteration_update`` of a ``SupervisedEvaluator`` that processes one case per iteration and keeps going past
     a case that fails: its error (naming the case and file) is logged, nothing is written for it, and
@@ -533,7 +525,7 @@ class CaseByCase:
     def __call__(self, engine: Engine, batch: dict[str, Any]) -> Any:
         if engine.state.iteration == 1:  # a new run (evaluators restart their count at every run)
             self.written, self.failures = [], {}
-            _writable_folder(self.output_dir)  # before any case: a run whose outputs cannot be written stops now
+            check_writable_folder(self.output_dir)  # before any case: a run whose outputs cannot be written stops now
         ids = batch.get(self.case_key) or ["<unknown case>"]
         if len(ids) != 1:
             raise ValueError(f"CaseByCase runs one case per batch (batch_size 1), got a batch of {len(ids)}: {ids}")

@@ -48,6 +48,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
+from bundle.checkpoints import check_writable_folder
 from bundle.datalist import case_id_from_path
 from bundle.handlers import write_atomically
 from bundle.inference import load_generator_weights, mutual_information, save_map_on_input_grid
@@ -675,6 +676,9 @@ class QualityCaseTable:
         if self.calibration_file is not None and self.calibration_file.exists() and not self.overwrite:
             raise FileExistsError(f"quality calibration {self.calibration_file} exists: pass "
                                   "--overwrite_calibration true to replace it")  # fmt: skip
+        for path in (self.rows_csv, self.calibration_file):  # written at the end: checked before any case
+            if path is not None:
+                check_writable_folder(path.parent)
 
     def case_rows(self, case_id: str, image: torch.Tensor, label: torch.Tensor, probs: torch.Tensor,
                   uncertainty: torch.Tensor | None) -> list[dict[str, Any]]:  # fmt: skip

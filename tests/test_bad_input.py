@@ -20,8 +20,9 @@ from bundle.networks import Vox2VoxGenerator
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 CASE = "DEMO_00001"
+# a tiny model on the 4 mm data at its own voxel size (resampled to 1 mm it would be 64x the voxels)
 TINY = {"features": 4, "discriminator_channels": 4, "patch_size": [32, 32, 32], "num_workers": 0, "batch_size": 2,
-        "max_epochs": 1, "val_interval": 1}  # fmt: skip
+        "max_epochs": 1, "val_interval": 1, "target_spacing": [4.0, 4.0, 4.0]}  # fmt: skip
 
 
 def resave(path: Path, transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
@@ -57,7 +58,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "not NIfTI": (lambda d: (d / CASE / f"{CASE}_t1ce.nii.gz").write_text("not an image"), f"{CASE}_t1ce.nii.gz"),
     "shapes differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", lambda a, m: (a[:-2], m)), f"{CASE}_t2.nii.gz"),
-    "affines differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", shifted), "affine differs"),
+    "affines differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", shifted), f"{CASE}_t2.nii.gz: affine differs"),
     "NaN voxels": (lambda d: resave(d / CASE / f"{CASE}_flair.nii.gz", with_nan), f"{CASE}_flair.nii.gz: 1 voxels are NaN"),
     "all-zero volume": (
         lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (np.zeros_like(a), m)),
@@ -74,6 +75,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "missing data folder": (lambda d: shutil.rmtree(d), "does not exist"),
 }
+#: what inference reads: every corruption of the images (it reads no labels); a missing folder stops the whole run
+INFERENCE_CORRUPTIONS = [c for c in CORRUPTIONS if c not in ("label value outside the convention", "missing data folder")]
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +136,58 @@ def test_evaluation_names_the_bad_input(corruption: str, data_dir: Path, tmp_pat
     assert written_files(tmp_path / "run") == ["models/model.pt"]  # no metrics
 
 
+@pytest.mark.parametrize("corruption", INFERENCE_CORRUPTIONS)
+def test_inference_names_the_bad_case_and_writes_the_others(
+    corruption: str, data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    corrupt, expected = CORRUPTIONS[corruption]
+    corrupt(data_dir)
+    save_tiny_generator(tmp_path / "run" / "models" / "model.pt")
+    out = tmp_path / "predictions"
+    with pytest.raises(SystemExit, match=rf"inference failed for 1 of 4 cases \({CASE}\)"):
+        run_workflow(["inference.yaml"], "inference", dataset_dir=data_dir, bundle_root=tmp_path / "run",
+                     output_dir=out)  # fmt: skip
+    logged = "".join(capfd.readouterr())  # the bundle's log (configs/logging.conf) goes to the console
+    assert f"case {CASE}: " in logged and expected in logged
+    good = sorted(p.name for p in data_dir.iterdir() if p.name != CASE)
+    assert written_files(out) == [f"{case}.nii.gz" for case in good]  # nothing for the bad case
+
+
+def test_inference_names_a_missing_data_folder(data_dir: Path, tmp_path: Path) -> None:
+    save_tiny_generator(tmp_path / "run" / "models" / "model.pt")
+    with pytest.raises(Exception) as error:
+        run_workflow(["inference.yaml"], "inference", dataset_dir=tmp_path / "nowhere", bundle_root=tmp_path / "run",
+                     output_dir=tmp_path / "predictions")  # fmt: skip
+    assert f"data set folder {tmp_path / 'nowhere'} does not exist" in error_text(error.value)
+    assert not (tmp_path / "predictions").exists()
+
+
+def test_inference_names_a_checkpoint_of_another_size(data_dir: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "run" / "models" / "model.pt"
+    save_tiny_generator(checkpoint, features=8)
+    with pytest.raises(Exception) as error:
+        run_workflow(["inference.yaml"], "inference", dataset_dir=data_dir, bundle_root=tmp_path / "run",
+                     output_dir=tmp_path / "predictions")  # fmt: skip
+    text = error_text(error.value)
+    assert str(checkpoint) in text and "size mismatch for encoder.0.conv.weight" in text
+    assert written_files(tmp_path / "predictions") == []
+
+
+@pytest.mark.parametrize("config_files", [["train.yaml", "evaluate.yaml"], ["inference.yaml"]])
+def test_unwritable_evaluation_or_inference_folder_is_named_before_any_work(
+    config_files: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where a folder should be")
+    save_tiny_generator(tmp_path / "run" / "models" / "model.pt")
+    evaluating = "evaluate.yaml" in config_files
+    folder = {"eval_dir": blocker / "eval"} if evaluating else {"output_dir": blocker / "predictions"}
+    with pytest.raises(Exception) as error:
+        run_workflow(config_files, "evaluating" if evaluating else "inference", dataset_dir=data_dir,
+                     bundle_root=tmp_path / "run", num_folds=1, eval_split="all", **folder)  # fmt: skip
+    assert f"output folder {next(iter(folder.values()))} cannot be written" in error_text(error.value)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [('{"training": []}', "malformed"), ("{not json", "not valid JSON"), (None, "not found")],
@@ -145,6 +200,13 @@ def test_bad_datalist_is_named(content: str | None, expected: str, data_dir: Pat
         run_workflow(["train.yaml"], "training", dataset_dir=data_dir, bundle_root=tmp_path / "run",
                      datalist_file=datalist)  # fmt: skip
     assert str(datalist) in error_text(error.value) and expected in error_text(error.value)
+    # the same datalist for inference
+    save_tiny_generator(tmp_path / "run" / "models" / "model.pt")
+    with pytest.raises(Exception) as error:
+        run_workflow(["inference.yaml"], "inference", dataset_dir=data_dir, bundle_root=tmp_path / "run",
+                     datalist_file=datalist, output_dir=tmp_path / "predictions")  # fmt: skip
+    assert str(datalist) in error_text(error.value) and expected in error_text(error.value)
+    assert not (tmp_path / "predictions").exists()
 
 
 def test_checkpoint_of_another_size_names_file_and_keys(data_dir: Path, tmp_path: Path) -> None:
