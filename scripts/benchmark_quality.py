@@ -43,8 +43,8 @@ CALIBRATION_SEED = 200  # the fresh validation cases of the calibration: none sh
 WORST_FRACTION = 0.1
 #: each score, the true Dice it is compared with, and whether a higher score means a better segmentation
 SCORES: dict[str, tuple[str, bool, str]] = {
-    "est_dice_mean": ("dice_mean", True, "calibrated estimate of the mean Dice (D scores + uncertainty)"),
-    "est_dice_WT": ("dice_WT", True, "calibrated estimate of the WT Dice"),
+    "est_dice_mean": ("dice_mean", True, "the bundle's calibrated estimate of the mean Dice (its features)"),
+    "est_dice_WT": ("dice_WT", True, "the bundle's calibrated estimate of the WT Dice"),
     "d_score": ("dice_mean", True, "raw discriminator score (mean D over the brain)"),
     "d_score_low": ("dice_mean", True, "raw discriminator score (5th percentile of D)"),
     "d_score_tumour": ("dice_mean", True, "raw discriminator score (mean D over the tumour and possible tumour)"),
@@ -76,15 +76,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 #: further calibrations fitted, like the bundle's, on the validation rows only: the discriminator's scores with
-#: the uncertainty (the quality check without the model's confidence), and the confidence baselines alone
+#: the uncertainty (the quality check without the model's confidence), the confidence baselines alone, and every
+#: score of the model without the discriminator's
 D_AND_UNCERTAINTY = ("d_score", "d_score_low", "d_score_tumour", "uncertainty")
 CONFIDENCE_ONLY = ("confidence", "confidence_wt")
+WITHOUT_D = ("uncertainty", "confidence", "confidence_wt")
 COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "est_mean_d_and_uncertainty": (D_AND_UNCERTAINTY, "dice_mean"),
-    "est_WT_d_and_uncertainty": (D_AND_UNCERTAINTY, "dice_WT"),
-    "est_mean_confidence_only": (CONFIDENCE_ONLY, "dice_mean"),
-    "est_WT_confidence_only": (CONFIDENCE_ONLY, "dice_WT"),
-}
+    f"est_{short}_{name}": (features, target)
+    for name, features in (("d_and_uncertainty", D_AND_UNCERTAINTY), ("confidence_only", CONFIDENCE_ONLY),
+                           ("without_d", WITHOUT_D))
+    for short, target in (("mean", "dice_mean"), ("WT", "dice_WT"))
+}  # fmt: skip
 
 
 def summarise(
