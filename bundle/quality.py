@@ -11,11 +11,13 @@ Per case, on the model's grid (the preprocessed image):
 - **uncertainty**: the mutual information of the flip-TTA (and fold-ensemble) passes
   (:func:`bundle.inference.mutual_information`), voxel-wise, and ``uncertainty``, its mean over the voxels the
   model calls possibly tumour (mean tumour probability >= ``TUMOUR_PROBABILITY_FLOOR``).
-- **baselines**: ``volume_ml``, the segmentation's whole-tumour volume, and ``confidence``, the model's mean
+- **baselines**: ``volume_ml``, the segmentation's whole-tumour volume; ``confidence``, the model's mean
   probability of the segmentation's class over the tumour (for the model's own segmentation: its mean maximum
-  softmax probability there).
-- **estimated Dice**: a linear model from the scores to the WT and the mean (ET, TC, WT) Dice, fitted on
-  validation cases by :func:`fit_calibration` and stored as JSON (``models/quality_calibration.json``).
+  softmax probability there); ``confidence_wt``, the same for tumour against background.
+- **estimated Dice**: a linear model on the logit of the WT and of the mean (ET, TC, WT) Dice, by default from
+  the uncertainty and the two confidences (:data:`DEFAULT_FEATURES`: on the demo the discriminator's scores carry
+  no information on the Dice, ``docs/quality.md``), fitted on validation cases by :func:`fit_calibration` and
+  stored as JSON (``models/quality_calibration.json``) with the sha256 of the weights it was fitted with.
 
 Why one-hot and not the generator's probabilities: in training D saw references as one-hot maps and generated
 segmentations as soft probabilities, so on probabilities it can tell "generated" from the softness alone, whatever
@@ -90,10 +92,11 @@ LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
 CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
 SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour",
                                 "confidence_wt")  # fmt: skip
-#: what the estimated Dice is fitted on: every score of the segmentation against the image and the model, but not
-#: its volume (a property of the tumour, not of the segmentation's quality)
-DEFAULT_FEATURES: tuple[str, ...] = ("d_score", "d_score_low", "d_score_tumour", "uncertainty", "confidence",
-                                     "confidence_wt")  # fmt: skip
+#: what the estimated Dice is fitted on by default: the model's uncertainty and its confidence in the segmentation.
+#: Not the discriminator's scores: on held-out demo cases they carry no information on the Dice (Spearman about 0)
+#: and, added to these, make the ranking of the model's own segmentations worse (docs/quality.md); they can be
+#: added with calibration_features. Not the volume either: a property of the tumour, not of the segmentation.
+DEFAULT_FEATURES: tuple[str, ...] = ("uncertainty", "confidence", "confidence_wt")
 CALIBRATION_TARGETS: tuple[str, ...] = ("dice_WT", "dice_mean")
 ESTIMATE_NAMES: dict[str, str] = {"dice_WT": "est_dice_WT", "dice_mean": "est_dice_mean"}
 #: the calibration is linear on the logit of the Dice, the Dice clipped to [DICE_CLIP, 1 - DICE_CLIP] first (a

@@ -76,15 +76,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 #: further calibrations fitted, like the bundle's, on the validation rows only: the discriminator's scores with
-#: the uncertainty (the quality check without the model's confidence), the confidence baselines alone, and every
-#: score of the model without the discriminator's
-D_AND_UNCERTAINTY = ("d_score", "d_score_low", "d_score_tumour", "uncertainty")
+#: the uncertainty (the quality check as the discriminator's), the confidence baselines alone, and the bundle's
+#: features with the discriminator's scores added
+D_SCORES = ("d_score", "d_score_low", "d_score_tumour")
+D_AND_UNCERTAINTY = (*D_SCORES, "uncertainty")
 CONFIDENCE_ONLY = ("confidence", "confidence_wt")
-WITHOUT_D = ("uncertainty", "confidence", "confidence_wt")
+WITH_D = (*D_SCORES, "uncertainty", "confidence", "confidence_wt")
 COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
     f"est_{short}_{name}": (features, target)
     for name, features in (("d_and_uncertainty", D_AND_UNCERTAINTY), ("confidence_only", CONFIDENCE_ONLY),
-                           ("without_d", WITHOUT_D))
+                           ("with_d", WITH_D))
     for short, target in (("mean", "dice_mean"), ("WT", "dice_WT"))
 }  # fmt: skip
 

@@ -238,8 +238,7 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
                    str(trained), "--num_folds", "3", "--corruption_levels", "[3]", "--tta_flip_axes", "[0]",
                    "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
     calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
-    assert calibration["features"] == ["d_score", "d_score_low", "d_score_tumour", "uncertainty", "confidence",
-                                       "confidence_wt"]  # fmt: skip
+    assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt"]
     assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
     assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3
