@@ -126,8 +126,8 @@ def test_lesion_wise_missed_lesion_and_false_positive() -> None:
 
 def test_lesion_wise_matches_a_component_within_the_dilation() -> None:
     # reference 4^3 cube at x 2..5; prediction the same cube at x 8..11: no overlap, but within 3 dilations (x <= 8).
-    # Matched: Dice 0; surface distances per direction: 16 x 3, 12 x 4, 12 x 5, 16 x 6 (56), pooled 112 values,
-    # index 0.95 * 111 = 105.45 among the 32 6s (indices 80..111) -> 6.0
+    # Matched: Dice 0; HD95 6.0: the faces 6 voxels apart bound the distances from the far side of each cube, and
+    # carry over 5 % of either cube's surface (for the pooled voxel distances as for the area-weighted ones)
     ref, pred = box((2, 6), (2, 6), (2, 6)), box((8, 12), (2, 6), (2, 6))
     assert lesion_wise_scores(pred, ref, (1.0, 1.0, 1.0)) == pytest.approx({"lesion_dice": 0.0, "lesion_hd95": 6.0})
     # one dilation reaches x = 6 only: a missed lesion and a false positive, 374 each
@@ -136,10 +136,27 @@ def test_lesion_wise_matches_a_component_within_the_dilation() -> None:
     )
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.0, 2.0)])
+def test_a_lesions_hd95_is_the_brats_2023_one_not_the_pooled_one(spacing: tuple[float, float, float]) -> None:
+    # a 6^3 lesion, predicted shifted by one voxel with a 3-voxel protrusion: the pooled HD95 (BraTS 2018-2021)
+    # hardly sees the protrusion (1.19 mm), the larger of the directed 95th percentiles of area-weighted surface
+    # distances (BraTS 2023, DeepMind's surface_distance) does
+    import surface_distance
+
+    ref = box((3, 9), (3, 9), (3, 9))
+    pred = box((4, 10), (3, 9), (3, 9)) | box((10, 13), (5, 7), (5, 7))
+    distances = surface_distance.compute_surface_distances(ref, pred, spacing)
+    official = surface_distance.compute_robust_hausdorff(distances, 95)
+    scores = lesion_wise_scores(pred, ref, spacing)
+    assert scores["lesion_hd95"] == pytest.approx(official) and official == pytest.approx(3.0)
+    assert hd95(pred, ref, spacing) == pytest.approx(1.1864, abs=1e-4)
+    assert scores["lesion_dice"] == pytest.approx(dice(pred, ref))
+
+
 def test_lesion_wise_merges_reference_lesions_whose_dilations_touch() -> None:
     # reference 4^3 cubes at x 2..5 and 10..13 (gap of 4): 3 dilations reach x 8 and 7, so one lesion of 128 voxels;
-    # the prediction is the first cube: Dice 2 * 64 / 192. Distances: 112 x 0, then from the second cube to the
-    # prediction's face x = 5: 16 x 5, 12 x 6, 12 x 7, 16 x 8 (168); index 0.95 * 167 = 158.65 among the 8s -> 8.0
+    # the prediction is the first cube: Dice 2 * 64 / 192. HD95 8.0: the second cube's far face (x = 13) lies 8
+    # voxels from the prediction's face x = 5 and carries over 5 % of the reference's surface
     first, second = box((2, 6), (2, 6), (2, 6)), box((10, 14), (2, 6), (2, 6))
     assert lesion_wise_scores(first, first | second, (1.0, 1.0, 1.0)) == pytest.approx(
         {"lesion_dice": 2 / 3, "lesion_hd95": 8.0}
