@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> str:
     results["inference"] = run_measurement("inference", {**settings, "kind": "inference"}, work, args.row_timeout)
     data_spec = {**settings, "kind": "data", "num_workers": num_workers}
     results["data"] = run_measurement("data", data_spec, work, args.row_timeout)
+    no_cache = {**data_spec, "cache_rate": 0.0}  # the cache's effect: the same pipeline reading every sample anew
+    results["data:no_cache"] = run_measurement("data:no_cache", no_cache, work, args.row_timeout)
     if device.type == "cuda":  # the augmentation on the GPU instead of in CPU workers (on a CPU: the same thing)
         gpu_spec = {**settings, "kind": "data", "num_workers": 0, "augment_on_device": True}
         results["data:on_device"] = run_measurement("data:on_device", gpu_spec, work, args.row_timeout)

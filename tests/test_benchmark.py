@@ -28,6 +28,8 @@ ROWS = [
     "| b | achieved FLOP/s of the bundle trainer, float32 |",
     "| c | inference of one 60x60x39 case (inference.yaml: read, sliding window 32^3, invert, write) |",
     "| d | data pipeline alone: train#dataloader, 0 workers, 2 cached cases",
+    "| d | data pipeline alone: train#dataloader, 0 workers, no cache (--cache_rate 0: every sample read and "
+    "preprocessed), 2 cases |",
     "| e | peak memory of training (configured default) |",
     "| configured default |",
     "| AMP (bf16 autocast) |",
