@@ -214,6 +214,29 @@ def test_training_cache_reads_no_nifti_after_it_is_built(data_dir: Path, tmp_pat
     assert len(samples) == 4 and all(s["image"].shape == (4, 32, 32, 32) for s in samples)
 
 
+def test_training_disk_cache_reads_no_nifti_after_the_first_epoch(data_dir: Path, tmp_path: Path) -> None:
+    """cache_dir: the deterministic preprocessing goes to disk (PersistentDataset), for data larger than memory."""
+    import shutil
+
+    from monai.data import PersistentDataset
+
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data),
+        bundle_root=str(tmp_path / "run"), num_folds=3, features=4, discriminator_channels=4, num_workers=0,
+        patch_size=[32, 32, 32], target_spacing=[4.0, 4.0, 4.0], cache_dir=str(tmp_path / "cache"), quiet=True,
+    )  # fmt: skip
+    workflow.initialize()
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    assert isinstance(dataset, PersistentDataset)
+    first = [dataset[i] for i in range(len(dataset))]  # reads the files, writes the cache
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    shutil.rmtree(data)
+    again = [dataset[i] for i in range(len(dataset))]  # random crops of the cached volumes
+    assert all(s["image"].shape == (4, 32, 32, 32) for s in first + again)
+    assert all(0 <= int(s["label"].min()) and int(s["label"].max()) <= 3 for s in again)  # classes 0..3
+
+
 # ---- the quality check (bundle/quality.py): the trained fixture's generator and discriminator -------------------
 
 
