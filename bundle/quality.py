@@ -405,18 +405,35 @@ def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str
     return out
 
 
-def weights_digests(weights: Mapping[str, str | os.PathLike[str] | None]) -> dict[str, str]:
+def _file_digest(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# one weights file, or those of an ensemble in order; None: none
+WeightsPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
+
+
+def _paths_text(paths: WeightsPaths) -> str:
+    return os.fspath(paths) if isinstance(paths, (str, os.PathLike)) else ", ".join(map(os.fspath, paths or []))
+
+
+def weights_digests(weights: Mapping[str, WeightsPaths]) -> dict[str, str]:
     """sha256 of each weights file (``{"generator": path, "discriminator": path}``; None: left out): what a
-    calibration was fitted with, so that it is not applied to the outputs of other weights."""
+    calibration was fitted with, so that it is not applied to the outputs of other weights. A list of paths (an
+    ensemble, whose probabilities are averaged) gets the sha256 of its files' sorted digests; a list of one path,
+    that file's own digest."""
     digests = {}
-    for role, path in weights.items():
-        if path is None:
+    for role, paths in weights.items():
+        if paths is None:
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests[role] = digest.hexdigest()
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        files = [_file_digest(path) for path in paths]
+        digests[role] = files[0] if len(files) == 1 else hashlib.sha256("".join(sorted(files)).encode()).hexdigest()
     return digests
 
 
@@ -430,7 +447,7 @@ def save_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any
 def load_calibration(
     path: str | os.PathLike[str] | None,
     required: bool = False,
-    weights: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    weights: Mapping[str, WeightsPaths] | None = None,
 ) -> dict[str, Any] | None:
     """The calibration in ``path``, checked; ``None`` (with a warning) when the file is missing or was fitted with
     other weights than ``weights`` (``{"generator": path, "discriminator": path}``, compared by sha256 with those
@@ -463,7 +480,7 @@ def load_calibration(
     now = weights_digests({role: p for role, p in (weights or {}).items() if role in fitted_with})
     changed = sorted(role for role, digest in now.items() if digest != fitted_with[role])
     if changed:
-        files = ", ".join(f"{os.fspath(weights[role])} ({role})" for role in changed)  # type: ignore[index]
+        files = ", ".join(f"{_paths_text(weights[role])} ({role})" for role in changed)  # type: ignore[index]
         unusable(f"quality calibration {path} was fitted with other weights than {files}: run `calibrating` again "
                  "with --overwrite_calibration true; the quality scores are written without estimated Dice",
                  ValueError)  # fmt: skip

@@ -211,6 +211,23 @@ def test_a_calibration_of_other_weights_is_not_applied(tmp_path: Path, caplog: p
         load_calibration(path, required=True, weights=weights)
 
 
+def test_a_single_model_calibration_is_not_applied_to_an_ensemble(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inference passes its ``ckpt_paths``: one path is that file; a fold ensemble is other weights."""
+    fold0, fold1 = tmp_path / "fold0.pt", tmp_path / "fold1.pt"
+    fold0.write_bytes(b"fold 0 weights")
+    fold1.write_bytes(b"fold 1 weights")
+    rows = [{"d_score": x, "dice_WT": x, "dice_mean": x} for x in np.linspace(0, 1, 5)]
+    calibration = {**fit_calibration(rows, ["d_score"]), "weights": weights_digests({"generator": fold0})}
+    path = save_calibration(tmp_path / "quality_calibration.json", calibration)
+    assert load_calibration(path, weights={"generator": [fold0]}) is not None
+    assert load_calibration(path, weights={"generator": [fold0, fold1]}) is None
+    assert f"other weights than {fold0}, {fold1} (generator)" in caplog.text
+    both = weights_digests({"generator": [fold0, fold1]})["generator"]
+    assert both == weights_digests({"generator": [fold1, fold0]})["generator"]  # an average: order does not count
+
+
 def test_missing_discriminator_checkpoint_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "models" / "discriminator.pt"
     with pytest.raises(FileNotFoundError, match=f"discriminator checkpoint {path} does not exist"):
