@@ -19,9 +19,16 @@ from torch.optim import Optimizer
 
 from bundle.losses import Vox2VoxLoss
 
-__all__ = ["Vox2VoxTrainer", "gan_losses", "training_scalars"]
+__all__ = ["Vox2VoxTrainer", "autocast_kwargs", "gan_losses", "training_scalars"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_kwargs(amp_dtype: str) -> dict[str, torch.dtype]:
+    """``amp_kwargs`` of MONAI's trainers and evaluators for the autocast type named ``amp_dtype``, checked."""
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}.")
+    return {"dtype": AMP_DTYPES[amp_dtype]}
 
 
 class Vox2VoxTrainer(SupervisedTrainer):
@@ -63,8 +70,7 @@ class Vox2VoxTrainer(SupervisedTrainer):
     ) -> None:
         if not isinstance(loss_function, Vox2VoxLoss):
             raise TypeError(f"loss_function must be a bundle.losses.Vox2VoxLoss, got {type(loss_function).__name__}.")
-        if amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}.")
+        amp_kwargs = autocast_kwargs(amp_dtype)
         device = torch.device(device)
         super().__init__(
             device=device,
@@ -74,7 +80,7 @@ class Vox2VoxTrainer(SupervisedTrainer):
             optimizer=optimizer,
             loss_function=loss_function,
             amp=amp,
-            amp_kwargs={"dtype": AMP_DTYPES[amp_dtype]},
+            amp_kwargs=amp_kwargs,
             **kwargs,
         )
         if self.compile:  # MONAI compiled the generator (``compile=True``); the discriminator likewise

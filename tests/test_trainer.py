@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from monai.networks import one_hot
 
 from bundle.losses import Vox2VoxLoss
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
-from bundle.trainer import Vox2VoxTrainer, gan_losses
+from bundle.trainer import Vox2VoxTrainer, autocast_kwargs, gan_losses
 
 
 def make_trainer(generator, discriminator, batch, **kwargs) -> Vox2VoxTrainer:
@@ -76,3 +77,14 @@ def test_mixed_precision_iteration_runs_and_updates() -> None:
     trainer.run()
     assert torch.isfinite(torch.tensor(gan_losses(trainer.state.output)["loss"]))
     assert any(not torch.equal(p, q) for p, q in zip(generator.parameters(), before.parameters()))
+
+
+def test_autocast_type_is_checked_by_name() -> None:
+    """The trainer and the evaluators (``amp_kwargs`` in the configs) autocast in the type ``amp_dtype`` names."""
+    assert autocast_kwargs("bfloat16") == {"dtype": torch.bfloat16}
+    assert autocast_kwargs("float16") == {"dtype": torch.float16}
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        autocast_kwargs("float32")
+    generator, discriminator = Vox2VoxGenerator(features=4), Vox2VoxDiscriminator(channels=4)
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        make_trainer(generator, discriminator, tiny_batch(), amp=True, amp_dtype="fp16")
