@@ -340,7 +340,7 @@ def resolve_datalist(
     the dataset's data itself), the BraTS 2018-2021 conventions and no cases: :func:`split_cases` then says that
     a data set must be named.
     """
-    if unset_path(datalist_file) and dataset_dir is None:
+    if unset_path(datalist_file) and unset_path(dataset_dir):
         return dict(DEFAULT_DATALIST)
     if not unset_path(datalist_file):
         datalist = load_datalist(datalist_file, dataset_dir)

@@ -416,11 +416,11 @@ def inference_cases(
     With neither ``dataset_dir`` nor ``datalist_file`` (MONAI Label, which passes its images itself): no cases, and
     the BraTS 2018-2021 conventions, so that the preprocessing and postprocessing can still be built.
     """
-    if unset_path(datalist_file) and dataset_dir is None:
+    if unset_path(datalist_file) and unset_path(dataset_dir):
         layout = "brats2021"
         return {"layout": None, "label_convention": LAYOUT_CONVENTION[layout],
                 "channel_order": list(CHANNEL_ORDER[layout]), "training": []}  # fmt: skip
-    if dataset_dir is None:
+    if unset_path(dataset_dir):
         raise ValueError(f"datalist_file {datalist_file} needs dataset_dir: its paths are relative to it")
     if not unset_path(datalist_file):
         datalist = load_datalist(datalist_file, dataset_dir, training=False)

@@ -19,6 +19,7 @@ from bundle.datalist import (
     find_cases,
     load_datalist,
     make_datalist,
+    resolve_datalist,
     save_datalist,
     split_cases,
 )
@@ -306,3 +307,14 @@ def test_modality_files_expands_a_study_given_by_one_file(brats2021: Path, tmp_p
     os.remove(brats2021 / case["image"][1])
     with pytest.raises(FileNotFoundError, match="_t1ce.nii.gz"):
         modality_files(flair)
+
+
+@pytest.mark.parametrize("unset", [None, "null", "None", ""])
+def test_unset_paths_as_the_command_line_gives_them(unset: str | None, brats2021: Path) -> None:
+    """``--dataset_dir null --datalist_file null`` arrive as the text 'null': no data set (MONAI Label's case)."""
+    empty = resolve_datalist(unset, unset)
+    assert empty["training"] == [] and empty["label_convention"] == "brats2021"
+    with pytest.raises(ValueError, match="no cases to use: set dataset_dir"):
+        split_cases(empty, 0, "train")
+    found = resolve_datalist(unset, brats2021, num_folds=2)
+    assert [c["case_id"] for c in found["training"]] == [c["case_id"] for c in make_datalist(brats2021, 2)["training"]]

@@ -301,6 +301,9 @@ def test_cases_from_a_datalist_without_labels_or_folds(tmp_path: Path) -> None:
     assert found["training"][0]["image"][0] == str(data / "b" / "b_t1.nii.gz")
     # `--datalist_file null` on the command line is the text 'null': every case of the folder
     assert [c["case_id"] for c in inference_cases(data, "null")["training"]] == ["a", "b"]
+    assert inference_cases("null", "null")["training"] == []  # neither: MONAI Label passes its images itself
+    with pytest.raises(ValueError, match="needs dataset_dir"):
+        inference_cases("null", tmp_path / "datalist.json")
     datalist["training"] = [{"label": "b/b_seg.nii.gz"}]
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
     malformed = r"datalist\.json is malformed: training item 0 must be an object with 'image'$"
