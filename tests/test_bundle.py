@@ -156,10 +156,12 @@ def test_metadata_is_valid_against_the_model_zoo_schema() -> None:
 def test_label_names_are_keyed_by_the_values_monai_label_writes() -> None:
     # MONAI Label names each label value of the /infer result by outputs.pred.channel_def, and writes submitted
     # labels with those values: under MONAI Label (no data set) inference writes BraTS 2018-2021 values
+    from bundle.inference import inference_cases
     from bundle.labels import CLASS_NAMES, label_values
 
+    written = label_values(inference_cases(None)["label_convention"])  # no data set: as under MONAI Label
     pred = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
-    assert pred["channel_def"] == {str(v): name for v, name in zip(label_values("brats2021"), CLASS_NAMES)}
+    assert pred["channel_def"] == {str(v): name for v, name in zip(written, CLASS_NAMES)}
     assert len(pred["channel_def"]) == pred["num_channels"]
 
 
