@@ -160,15 +160,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="fresh validation cases to calibrate on; 0: the demo's own calibration (its fold)")
     parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="their seed")
     args = parser.parse_args(argv)
-    seeds = {"test": args.seed, "calibration": args.calibration_seed}
+    if args.calibration_cases < 0:
+        raise SystemExit(f"benchmark_quality: --calibration-cases must be >= 0, got {args.calibration_cases}")
+    seeds = {"test": args.seed, "calibration": args.calibration_seed} if args.calibration_cases else {"test": args.seed}
     for name, seed in seeds.items():
         if seed in (0, 1):
             raise SystemExit(f"benchmark_quality: seeds 0 and 1 made the demo's training and test data: choose "
                              f"another {name} seed")  # fmt: skip
     if args.calibration_cases and args.seed == args.calibration_seed:
         raise SystemExit("benchmark_quality: the test and calibration seeds must differ")
-    if args.calibration_cases < 0:
-        raise SystemExit(f"benchmark_quality: --calibration-cases must be >= 0, got {args.calibration_cases}")
     root = Path(args.bundle_root).resolve()
     out = Path(args.output_dir).resolve() if args.output_dir else root / "quality_benchmark"
     for needed in (root / "models/model.pt", root / "models/discriminator.pt", root / "datalist.json"):
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.calibration_cases:  # fresh validation cases, never seen in training: fitted anew on every run
         calibration_file, calibration_rows_csv = out / "quality_calibration.json", out / "calibration_rows.csv"
-        calibration_dir = out / f"calibration_seed{args.calibration_seed}"
+        calibration_dir = out / f"calibration_seed{args.calibration_seed}_{args.calibration_cases}cases"
         if not calibration_dir.is_dir():
             make_dataset(calibration_dir, num_cases=args.calibration_cases, seed=args.calibration_seed,
                          spacing=DEMO_SPACING_MM)  # fmt: skip
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not calibration_file.is_file():
             bundle_run(root, configs, "--dataset_dir", str(root / "data"), "--datalist_file",
                        str(root / "datalist.json"), *flips)  # fmt: skip
-    test_dir = out / f"test_seed{args.seed}"
+    test_dir = out / f"test_seed{args.seed}_{args.num_cases}cases"  # by seed and count: a rerun reuses only its own
     if not test_dir.is_dir():
         make_dataset(test_dir, num_cases=args.num_cases, seed=args.seed, spacing=DEMO_SPACING_MM)
     rows_csv = out / "rows.csv"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,6 +34,12 @@ from bundle.quality import (
 )
 
 SHAPE = (40, 40, 40)
+
+
+def benchmark_quality_script() -> ModuleType:
+    """scripts/benchmark_quality.py as a module (scripts/ is not a package)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    return importlib.import_module("benchmark_quality")
 
 
 def _tumour() -> tuple[np.ndarray, np.ndarray]:
@@ -268,10 +277,7 @@ def test_calibration_table_refuses_to_replace_a_calibration(tmp_path: Path) -> N
 
 
 def test_benchmark_summary_orients_and_compares_scores() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from benchmark_quality import summarise
+    summarise = benchmark_quality_script().summarise
 
     rng = np.random.default_rng(0)
     rows = []
@@ -292,3 +298,17 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     assert scores["est_WT_confidence_only"]["truth"] == "dice_WT"
     assert scores["est_WT_d_and_uncertainty"]["all"]["spearman"] > 0.9  # d_score tracks the Dice here
     assert results["num_cases"] == 10 and results["num_rows"] == 40
+
+
+def test_benchmark_arguments_are_checked_before_any_work(tmp_path: Path) -> None:
+    main = benchmark_quality_script().main
+
+    root = ["--bundle-root", str(tmp_path)]
+    for argv, message in [(["--calibration-cases", "-1"], "--calibration-cases must be >= 0"),
+                          (["--seed", "1"], "choose another test seed"),
+                          (["--calibration-seed", "0"], "choose another calibration seed"),
+                          (["--seed", "7", "--calibration-seed", "7"], "seeds must differ"),
+                          (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train")]:
+        with pytest.raises(SystemExit, match=message):  # the last: the calibration seed is not used with 0 cases
+            main([*root, *argv])
+    assert not any(tmp_path.iterdir())  # nothing written
