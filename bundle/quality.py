@@ -48,6 +48,7 @@ from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage as ndi
+from scipy.special import expit, logit
 from scipy.stats import spearmanr
 
 from bundle.checkpoints import check_writable_folder
@@ -370,8 +371,8 @@ def fit_calibration(
     for target in targets:
         y = np.array([float(row[target]) for row in rows], dtype=float)
         clipped = np.clip(y, DICE_CLIP, 1.0 - DICE_CLIP)
-        coef, *_ = np.linalg.lstsq(x, np.log(clipped / (1.0 - clipped)), rcond=None)
-        fitted = 1.0 / (1.0 + np.exp(-(x @ coef)))
+        coef, *_ = np.linalg.lstsq(x, logit(clipped), rcond=None)
+        fitted = expit(x @ coef)
         ss_tot = float(((y - y.mean()) ** 2).sum())
         models[target] = {
             "intercept": float(coef[0]),
@@ -397,10 +398,10 @@ def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str
     if calibration is None:
         return {name: math.nan for name in ESTIMATE_NAMES.values()}
     out = {}
-    logit = calibration.get("link", "identity") == "logit"
+    on_logit = calibration.get("link", "identity") == "logit"
     for target, model in calibration["targets"].items():
         value = model["intercept"] + sum(w * float(scores[f]) for f, w in model["coefficients"].items())
-        estimate = 0.5 * (1.0 + math.tanh(value / 2.0)) if logit else min(max(value, 0.0), 1.0)  # tanh: the sigmoid
+        estimate = expit(value) if on_logit else min(max(value, 0.0), 1.0)
         out[ESTIMATE_NAMES.get(target, f"est_{target}")] = float(estimate)
     return out
 
