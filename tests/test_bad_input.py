@@ -14,15 +14,13 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle.demo_data import make_dataset
-from helpers import error_text
+from helpers import TINY_MODEL, error_text
 from bundle.networks import Vox2VoxGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 CASE = "DEMO_00001"
-# a tiny model on the 4 mm data at its own voxel size (resampled to 1 mm it would be 64x the voxels)
-TINY = {"features": 4, "discriminator_channels": 4, "patch_size": [32, 32, 32], "num_workers": 0, "batch_size": 2,
-        "max_epochs": 1, "val_interval": 1, "target_spacing": [4.0, 4.0, 4.0]}  # fmt: skip
+TINY = {**TINY_MODEL, "batch_size": 2, "max_epochs": 1, "val_interval": 1}
 
 
 def resave(path: Path, transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:

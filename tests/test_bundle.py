@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from helpers import TINY_MODEL, cli_overrides
 from bundle.demo_data import make_dataset
 from bundle.metrics import METRIC_NAMES
 
@@ -23,10 +24,7 @@ CONFIGS = ROOT / "configs"
 # the Model Zoo's metadata schema, a byte-identical copy (tests/data/SOURCES.md): checked offline, no download
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
-# a tiny model and patch so a run takes seconds; the code paths are a user's
-# and the demo data's own 4 mm grid as the model's voxel size (not BraTS' 1 mm), so no case is upsampled
-TINY = ["--features", "4", "--discriminator_channels", "4", "--patch_size", "[32,32,32]", "--num_workers", "0",
-        "--target_spacing", "[4.0,4.0,4.0]"]  # fmt: skip
+TINY = cli_overrides(TINY_MODEL)
 
 
 def bundle_cmd(*args: str) -> list[str]:

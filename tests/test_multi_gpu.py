@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY_MODEL, cli_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 TIMEOUT_S = 240  # a deadlocked collective fails the test instead of hanging it
-# a tiny model on the 4 mm data at its own voxel size (resampled to 1 mm it would be 64x the voxels)
-TINY = ["--features", "4", "--discriminator_channels", "4", "--patch_size", "[32,32,32]", "--num_workers", "0",
-        "--target_spacing", "[4.0,4.0,4.0]"]  # fmt: skip
+TINY = cli_overrides(TINY_MODEL)
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:

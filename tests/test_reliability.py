@@ -17,20 +17,14 @@ from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoints import AtomicCheckpointSaver, _load_latest, training_checkpoints
 from bundle.demo_data import make_dataset
-from helpers import error_text
+from helpers import TINY_MODEL, cli_overrides, error_text
 from bundle.losses import Vox2VoxLoss
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
 from bundle.trainer import Vox2VoxTrainer, gan_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-# a tiny model on the 4 mm data at its own voxel size (resampled to 1 mm it would be 64x the voxels)
-TINY = {"features": 4, "discriminator_channels": 4, "patch_size": [32, 32, 32], "num_workers": 0, "batch_size": 2,
-        "num_folds": 3, "val_interval": 100, "target_spacing": [4.0, 4.0, 4.0]}  # fmt: skip
-
-
-def cli_overrides(overrides: dict) -> list[str]:
-    return [arg for key, value in overrides.items() for arg in (f"--{key}", str(value).replace(" ", ""))]
+TINY = {**TINY_MODEL, "batch_size": 2, "num_folds": 3, "val_interval": 100}
 
 
 def training_workflow(run_id: str = "training", **overrides) -> ConfigWorkflow:
