@@ -214,8 +214,13 @@ def start_training(
     if resume:
         path, state = _load_latest(checkpoints)
         max_epochs = trainer.state.max_epochs
+        to_load = dict(checkpoint_objects)
+        if "validation" in to_load and "validation" not in state:  # written before the validation was saved
+            del to_load["validation"]
+            logger.warning(f"checkpoint {path} holds no best validation: the first validation of this run counts as "
+                           "the best so far and replaces the best model (model.pt, discriminator.pt)")  # fmt: skip
         try:
-            Checkpoint.load_objects(to_load=checkpoint_objects, checkpoint=state, strict=True)
+            Checkpoint.load_objects(to_load=to_load, checkpoint=state, strict=True)
         except (RuntimeError, KeyError, ValueError) as error:
             raise RuntimeError(f"checkpoint {path} does not fit this training run: {error}") from error
         if trainer.state.epoch >= max_epochs:

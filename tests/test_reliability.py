@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -194,6 +196,21 @@ def test_resume_keeps_the_best_validation_and_its_model(data_dir: Path, tmp_path
     assert evaluator.state.epoch == 3  # it validated again
     assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (2.0, validation["best_metric_epoch"])
     assert {name: (models / name).read_bytes() for name in kept} == kept  # not replaced by a worse model
+
+    # a checkpoint written before the best validation was part of it still resumes, and says what that means
+    checkpoint = models / "checkpoint_epoch=3.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    del state["validation"]
+    torch.save(state, checkpoint)
+    warnings = io.StringIO()  # caught on the module's logger: logging.conf replaces the root's handlers (caplog's)
+    handler = logging.StreamHandler(warnings)
+    logging.getLogger("bundle.checkpoints").addHandler(handler)
+    try:
+        training_workflow(**args, max_epochs=4, resume="true").run()
+    finally:
+        logging.getLogger("bundle.checkpoints").removeHandler(handler)
+    assert f"checkpoint {checkpoint} holds no best validation" in warnings.getvalue()
+    assert (models / "model.pt").read_bytes() != kept["model.pt"]  # the first validation became the best
 
 
 def tiny_trainer(batches: list[dict], **kwargs) -> Vox2VoxTrainer:
