@@ -11,8 +11,8 @@ setup: $(STAMP)
 
 # idempotent: the venv is rebuilt only when requirements.txt changes. pip compiles the byte-code of every file
 # one at a time (about 80 s of a 121 s install on 2 cores); compileall does the same work on all cores (37 s).
-# Without byte-code every process recompiles what it imports where PYTHONDONTWRITEBYTECODE is set (as on this machine and CI)
-# (import of the stack 7 s -> 21 s). The one file excluded is torch's Python 3.12-only test helper.
+# Without byte-code, where PYTHONDONTWRITEBYTECODE is set (as on this machine and CI), every process recompiles
+# what it imports (import of the stack 7 s -> 21 s). The one file excluded is torch's Python 3.12-only test helper.
 $(STAMP): requirements.txt
 	@echo "setting up $(VENV) with the pinned dependencies of requirements.txt (a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -214,9 +214,10 @@ def start_training(
     if resume:
         path, state = _load_latest(checkpoints)
         max_epochs = trainer.state.max_epochs
-        to_load = dict(checkpoint_objects)
-        if "validation" in to_load and "validation" not in state:  # written before the validation was saved
-            del to_load["validation"]
+        # a checkpoint written before the best validation was part of it: resumed without, the rest as strictly
+        unsaved = [k for k, v in checkpoint_objects.items() if isinstance(v, ValidationState) and k not in state]
+        to_load = {k: v for k, v in checkpoint_objects.items() if k not in unsaved}
+        if unsaved:
             logger.warning(f"checkpoint {path} holds no best validation: the first validation of this run counts as "
                            "the best so far and replaces the best model (model.pt, discriminator.pt)")  # fmt: skip
         try:

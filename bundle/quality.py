@@ -414,7 +414,7 @@ def _file_digest(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-# one weights file, or those of an ensemble in order; None: none
+# one weights file, or those of an ensemble (any order: its probabilities are averaged); None: none
 WeightsPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
