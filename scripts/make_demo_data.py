@@ -1,7 +1,10 @@
-"""Write synthetic BraTS-layout demo cases (real MNI152 anatomy from nilearn + synthetic gliomas).
+"""Write synthetic BraTS-layout demo cases (real brain anatomy from PyPI packages + synthetic gliomas).
 
-    python scripts/make_demo_data.py --output-dir demo/data --num-cases 20 --seed 0 [--spacing 2] [--overwrite] [--quiet]
+    python scripts/make_demo_data.py --output-dir demo/data --num-cases 20 --seed 0 [--spacing 2] [--shifted true]
+        [--overwrite] [--quiet]
 
+``--shifted true`` writes the robustness test set instead: another brain (the SRI24 atlas), other contrasts and
+acquisitions (SHIFTED_00000, ...).
 See ``bundle/demo_data.py`` for what is generated and why.
 """
 
@@ -15,14 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make `bundle` im
 import fire  # noqa: E402
 
 from bundle.demo_data import make_dataset  # noqa: E402
+from bundle.flags import as_flag  # noqa: E402
 
 
-def main(output_dir: str, num_cases: int = 20, seed: int = 0, spacing: float = 1.0, overwrite: bool = False,
-         quiet: bool = False) -> None:
-    """Write NUM_CASES demo cases (DEMO_00000, ...) to OUTPUT_DIR at SPACING mm; refuses a non-empty OUTPUT_DIR
-    unless --overwrite. User errors print one line to stderr and exit with status 1."""
+def main(output_dir: str, num_cases: int = 20, seed: int = 0, spacing: float = 1.0, shifted: bool | str = False,
+         overwrite: bool | str = False, quiet: bool | str = False) -> None:
+    """Write NUM_CASES demo cases (DEMO_00000, ...; SHIFTED_00000, ... with --shifted true) to OUTPUT_DIR at SPACING
+    mm; refuses a non-empty OUTPUT_DIR unless --overwrite. User errors print one line to stderr and exit with
+    status 1."""
     try:
-        ids = make_dataset(str(output_dir), num_cases, seed, spacing=spacing, overwrite=overwrite, quiet=quiet)
+        shifted, overwrite, quiet = (as_flag(v, n) for v, n in ((shifted, "shifted"), (overwrite, "overwrite"),
+                                                                 (quiet, "quiet")))  # fmt: skip
+        ids = make_dataset(str(output_dir), num_cases, seed, spacing=spacing, overwrite=overwrite, quiet=quiet,
+                           shifted=shifted)
     except (ValueError, OSError) as err:
         print(f"make_demo_data: error: {err}", file=sys.stderr)
         sys.exit(1)

