@@ -1,4 +1,4 @@
-"""Yes/no settings as given on the command line.
+"""Yes/no settings and named choices as given on the command line.
 
 ``python -m monai.bundle run ... --resume true`` hands the config the text ``'true'``: the command-line parser
 (fire) turns only ``True`` and ``False`` into booleans, and ``bool('false')`` is true. Every yes/no id of the
@@ -8,7 +8,12 @@ configs is therefore read through :func:`as_flag`, so that ``true``/``false`` in
 
 from __future__ import annotations
 
-__all__ = ["as_flag"]
+from collections.abc import Mapping
+from typing import TypeVar
+
+__all__ = ["as_flag", "choose"]
+
+T = TypeVar("T")
 
 _TEXT = {"true": True, "false": False}
 
@@ -22,3 +27,11 @@ def as_flag(value: bool | int | str, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TEXT:
         return _TEXT[value.strip().lower()]
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def choose(value: str, name: str, options: Mapping[str, T]) -> T:
+    """The option named ``value`` of the setting ``name``; raises ``ValueError`` naming the setting, the value and
+    the choices if there is none by that name."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return options[value]

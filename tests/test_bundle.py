@@ -173,7 +173,7 @@ def test_verify_net_in_out() -> None:
 
 def test_augment_on_device_moves_each_patch_after_the_crop(data_dir: Path, tmp_path: Path) -> None:
     """--augment_on_device true: cache on the host, patch to @device after the crop, no worker processes."""
-    from monai.transforms import EnsureTyped, Rand3DElasticd, RandSpatialCropd
+    from monai.transforms import EnsureTyped, RandCropByLabelClassesd
 
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.yaml"), workflow_type="train", dataset_dir=str(data_dir),
@@ -186,15 +186,14 @@ def test_augment_on_device_moves_each_patch_after_the_crop(data_dir: Path, tmp_p
     parser = workflow.parser
     assert parser.get_parsed_content("train#dataloader").num_workers == 0  # CUDA is not usable in forked workers
     transforms = parser.get_parsed_content("train#preprocessing").transforms
-    crop = next(i for i, t in enumerate(transforms) if isinstance(t, RandSpatialCropd))
+    crop = next(i for i, t in enumerate(transforms) if isinstance(t, RandCropByLabelClassesd))  # the default set
     # the first transform after the (random) crop moves the patch: CacheDataset caches everything before the crop
     assert isinstance(transforms[crop + 1], EnsureTyped)
     assert transforms[crop + 1].converter.device == parser.get_parsed_content("device")
-    augmentation = parser.get_parsed_content("train#augmentation").transforms[1].transforms
-    elastic = next(t for t in augmentation if isinstance(t, Rand3DElasticd))
+    elastic = parser.get_parsed_content("train#elastic")
     assert elastic.rand_3d_elastic.device == parser.get_parsed_content("device")
-    sample = parser.get_parsed_content("train#dataset")[0]
-    assert sample["image"].shape == (4, 32, 32, 32)
+    [patch] = parser.get_parsed_content("train#dataset")[0]  # the class-aware crop gives a list of one patch
+    assert patch["image"].shape == (4, 32, 32, 32)
 
 
 def test_training_cache_reads_no_nifti_after_it_is_built(data_dir: Path, tmp_path: Path) -> None:
@@ -210,7 +209,7 @@ def test_training_cache_reads_no_nifti_after_it_is_built(data_dir: Path, tmp_pat
     workflow.initialize()
     dataset = workflow.parser.get_parsed_content("train#dataset")  # builds the cache
     shutil.rmtree(data)
-    samples = [dataset[i] for i in range(len(dataset))]
+    samples = [patch for i in range(len(dataset)) for patch in dataset[i]]  # one patch per volume
     assert len(samples) == 4 and all(s["image"].shape == (4, 32, 32, 32) for s in samples)
 
 
@@ -229,10 +228,10 @@ def test_training_disk_cache_reads_no_nifti_after_the_first_epoch(data_dir: Path
     workflow.initialize()
     dataset = workflow.parser.get_parsed_content("train#dataset")
     assert isinstance(dataset, PersistentDataset)
-    first = [dataset[i] for i in range(len(dataset))]  # reads the files, writes the cache
+    first = [patch for i in range(len(dataset)) for patch in dataset[i]]  # reads the files, writes the cache
     assert len(list((tmp_path / "cache").iterdir())) == 4
     shutil.rmtree(data)
-    again = [dataset[i] for i in range(len(dataset))]  # random crops of the cached volumes
+    again = [patch for i in range(len(dataset)) for patch in dataset[i]]  # random crops of the cached volumes
     assert all(s["image"].shape == (4, 32, 32, 32) for s in first + again)
     assert all(0 <= int(s["label"].min()) and int(s["label"].max()) <= 3 for s in again)  # classes 0..3
 
