@@ -91,6 +91,16 @@ def machine(device: torch.device) -> str:
     return cpu
 
 
+def append_section(output: Path, text: str, header: str) -> None:
+    """Appends ``text`` to ``output`` (made with ``header`` if missing); what is there already is left as it was."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not output.exists():
+        output.write_text(header)
+    before = output.read_text()
+    with open(output, "a") as f:
+        f.write(("" if before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n") + text)
+
+
 def compute_dtype(device: torch.device, amp: bool) -> torch.dtype:
     return torch.bfloat16 if amp else torch.float32
 

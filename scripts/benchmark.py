@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import monai  # noqa: E402
 import torch  # noqa: E402
 
-from bundle.benchmark import OPTIONS, machine, report  # noqa: E402
+from bundle.benchmark import OPTIONS, append_section, machine, report  # noqa: E402
 from bundle.demo_data import make_dataset, output_grid  # noqa: E402
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator  # noqa: E402
 
@@ -129,16 +129,6 @@ def section(args: argparse.Namespace, settings: dict, table: str, seconds: float
     return "\n".join(lines)
 
 
-def append_section(output: Path, text: str) -> None:
-    """Appends ``text`` to ``output`` (made with a title if missing); what is there already is left as it was."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not output.exists():
-        output.write_text(HEADER)
-    before = output.read_text()
-    with open(output, "a") as f:
-        f.write(("" if before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n") + text)
-
-
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -185,7 +175,7 @@ def main(argv: list[str] | None = None) -> str:
     loads = (load_start, os.getloadavg()[0])
     text = section(args, settings, report(settings, results), time.monotonic() - start, loads)
     print("\n" + text)
-    append_section(Path(args.output), text)
+    append_section(Path(args.output), text, HEADER)
     print(f"benchmark: appended to {args.output}")
     if work_context is not None:
         work_context.cleanup()
