@@ -64,6 +64,9 @@ class Appearance:
     et_enhancement: tuple[float, float]  # ET on T1ce / WM on T1ce
     ed_flair: tuple[float, float]  # ED on FLAIR / WM on FLAIR
     ed_t2: tuple[float, float]  # ED on T2 / WM on T2
+    #: ED on T2 and FLAIR at least this times GM there, as vasogenic oedema is brighter than cortex in most real
+    #: scans; without a floor the level jitter can make oedema darker than grey matter, invisible but by its shape
+    ed_over_gm: float
     rim_mm: tuple[float, float]  # thickness of the enhancing rim
     broken_rim: float  # probability that parts of the rim do not enhance (labelled NCR/NET, as BraTS labels them)
     texture: tuple[float, float]  # amplitude of the smooth intensity texture inside the tumour
@@ -78,15 +81,15 @@ class Appearance:
 APPEARANCES: dict[str, Appearance] = {
     "standard": Appearance(
         anatomy="mni152", case_prefix="DEMO_", level_jitter=(0.8, 1.25), et_enhancement=(1.15, 1.8),
-        ed_flair=(1.3, 2.2), ed_t2=(1.4, 2.7), rim_mm=(2.0, 6.0), broken_rim=0.25, texture=(0.1, 0.2),
-        et_texture=(0.0, 0.1), partial_volume_mm=(0.4, 1.0), bias=(0.1, 0.2), noise=(0.03, 0.06), thick_slices=0.0,
-        slice_mm=(1.0, 1.0),
+        ed_flair=(1.3, 2.2), ed_t2=(1.4, 2.7), ed_over_gm=1.1, rim_mm=(2.0, 6.0), broken_rim=0.25,
+        texture=(0.1, 0.2), et_texture=(0.0, 0.1), partial_volume_mm=(0.4, 1.0), bias=(0.1, 0.2), noise=(0.03, 0.06),
+        thick_slices=0.0, slice_mm=(1.0, 1.0),
     ),
     "shifted": Appearance(
         anatomy="sri24", case_prefix="SHIFTED_", level_jitter=(0.7, 1.4), et_enhancement=(1.05, 1.9),
-        ed_flair=(1.15, 2.3), ed_t2=(1.3, 2.8), rim_mm=(1.5, 6.0), broken_rim=0.5, texture=(0.15, 0.3),
-        et_texture=(0.1, 0.25), partial_volume_mm=(0.6, 1.6), bias=(0.2, 0.4), noise=(0.04, 0.09), thick_slices=0.5,
-        slice_mm=(3.0, 6.0),
+        ed_flair=(1.15, 2.3), ed_t2=(1.3, 2.8), ed_over_gm=1.0, rim_mm=(1.5, 6.0), broken_rim=0.5,
+        texture=(0.15, 0.3), et_texture=(0.1, 0.25), partial_volume_mm=(0.6, 1.6), bias=(0.2, 0.4), noise=(0.04, 0.09),
+        thick_slices=0.5, slice_mm=(3.0, 6.0),
     ),
 }  # fmt: skip
 
@@ -231,11 +234,14 @@ def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm
 
 def _contrast_table(rng: np.random.Generator, look: Appearance) -> dict[str, np.ndarray]:
     """This case's levels per modality (CSF, GM, WM, NCR, ED, ET): :data:`CONTRASTS` with every level scaled by
-    ``look.level_jitter``, then ET on T1ce, ED on FLAIR and ED on T2 set as ratios to the case's own WM."""
+    ``look.level_jitter``, then ET on T1ce, ED on FLAIR and ED on T2 set as ratios to the case's own WM (ED no darker than
+    ``look.ed_over_gm`` times GM)."""
     table = {name: np.array(levels) * rng.uniform(*look.level_jitter, len(levels)) for name, levels in CONTRASTS.items()}
     table["t1ce"][ET] = table["t1ce"][WM] * rng.uniform(*look.et_enhancement)
     table["flair"][ED] = table["flair"][WM] * rng.uniform(*look.ed_flair)
     table["t2"][ED] = table["t2"][WM] * rng.uniform(*look.ed_t2)
+    for name in ("t2", "flair"):
+        table[name][ED] = max(table[name][ED], look.ed_over_gm * table[name][GM])
     table["t1ce"][NCR] = min(table["t1ce"][NCR], 0.8 * table["t1ce"][ET])  # necrosis never enhances more than ET
     return table
 

@@ -119,6 +119,18 @@ def test_shifted_appearance_is_wider_than_the_training_one() -> None:
     assert shifted.anatomy != standard.anatomy and shifted.thick_slices > 0 and shifted.noise[1] > standard.noise[1]
 
 
+@pytest.mark.parametrize("appearance", ["standard", "shifted"])
+def test_oedema_is_never_darker_than_the_floor_over_grey_matter(appearance: str) -> None:
+    from bundle.demo_data import ED, GM, _contrast_table
+
+    look = APPEARANCES[appearance]
+    for seed in range(200):
+        table = _contrast_table(np.random.default_rng(seed), look)
+        for name in ("t2", "flair"):
+            assert table[name][ED] >= look.ed_over_gm * table[name][GM] - 1e-12, (seed, name)
+    assert APPEARANCES["shifted"].ed_over_gm < APPEARANCES["standard"].ed_over_gm  # fainter oedema when shifted
+
+
 def test_make_dataset_refuses_a_non_boolean_shifted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shifted must be True or False, got 'yes'"):
         make_dataset(tmp_path / "data", 1, seed=0, spacing=SPACING, shifted="yes")  # type: ignore[arg-type]
