@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> str:
         results[augmentation] = {"training_s": seconds, **{name: dice(root / d) for name, _, d in EVALUATIONS}}
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    argv_text = shlex.join(["python", "scripts/benchmark_robustness.py", *(sys.argv[1:] if argv is None else argv)])
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--note" in given:  # the note is printed as a remark, not as part of the command
+        del given[given.index("--note") : given.index("--note") + 2]
+    given = [arg for arg in given if not arg.startswith("--note=")]
+    argv_text = shlex.join(["python", "scripts/benchmark_robustness.py", *given])
     text = "\n".join([
         f"## {now}: {machine(torch.device('cpu'))}",
         "",
