@@ -163,14 +163,6 @@ def test_label_names_are_keyed_by_the_values_monai_label_writes() -> None:
     assert len(pred["channel_def"]) == pred["num_channels"]
 
 
-def test_verify_net_in_out() -> None:
-    run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-         str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.yaml"), "--n", "2", "--any", "16",
-         "--device", "cpu", "--features", "4"]
-    )  # fmt: skip
-
-
 def test_augment_on_device_moves_each_patch_after_the_crop(data_dir: Path, tmp_path: Path) -> None:
     """--augment_on_device true: cache on the host, patch to @device after the crop, no worker processes."""
     from monai.transforms import EnsureTyped, Rand3DElasticd, RandSpatialCropd
