@@ -7,13 +7,11 @@ and the discriminator 11,078,337.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["Vox2VoxGenerator", "Vox2VoxDiscriminator", "he_normal_init"]
 
