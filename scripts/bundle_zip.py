@@ -53,6 +53,18 @@ def tracked_files(root: Path) -> list[tuple[str, int]]:
     return sorted(files)
 
 
+def bundle_files(root: Path) -> list[tuple[str, int]]:
+    """``(path, git mode)`` of the bundle's own files: the tracked ones less those that only develop the repository."""
+    files = []
+    for path, mode in tracked_files(root):
+        if path.startswith(DEVELOPMENT_FOLDERS) or path in DEVELOPMENT_FILES:
+            continue
+        if not (root / path).is_file():
+            raise RuntimeError(f"{root / path} is tracked by git but missing from the work tree")
+        files.append((path, mode))
+    return files
+
+
 def large_files(root: Path) -> list[str]:
     """The ``path`` of each entry of the bundle's ``large_files.yml`` (or ``.yaml``, ``.json``)."""
     found = [root / name for name in LARGE_FILES_NAMES if (root / name).is_file()]
@@ -86,14 +98,7 @@ def write_zip(
     root = Path(root).resolve()
     weights_dir = Path(weights_dir).resolve() if weights_dir is not None else root
     output_dir = Path(output_dir) if output_dir is not None else root / "dist"
-    members: dict[str, tuple[Path, int]] = {}
-    for path, mode in tracked_files(root):
-        if path.startswith(DEVELOPMENT_FOLDERS) or path in DEVELOPMENT_FILES:
-            continue
-        source = root / path
-        if not source.is_file():
-            raise RuntimeError(f"{source} is tracked by git but missing from the work tree")
-        members[path] = (source, mode)
+    members = {path: (root / path, mode) for path, mode in bundle_files(root)}
     held, missing = [], []
     for path in large_files(root):
         source = weights_dir / path
