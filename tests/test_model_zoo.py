@@ -270,7 +270,9 @@ def test_version_is_in_the_changelog() -> None:
     ],
 )
 def test_version_check_names_the_problem(change: dict, expected: str) -> None:
-    assert expected in " ".join(version_problems({**metadata(), **change}))
+    meta = {"version": "0.1.0", "changelog": {"0.1.0": "new", "0.0.9": "old"}}
+    assert version_problems(meta) == []
+    assert expected in " ".join(version_problems({**meta, **change}))
 
 
 def test_metadata_is_valid_against_the_schema_it_names() -> None:
@@ -493,7 +495,8 @@ VERBATIM = ("tests/data/meta_schema_",)
 
 def checked_files() -> list[tuple[str, int]]:
     """The pre-commit hooks' files: those of the bundle, and as our own habit every other tracked file too."""
-    return [(p, mode) for p, mode in bundle_zip.tracked_files(ROOT) if not p.startswith(VERBATIM)]
+    files = bundle_zip.tracked_files(ROOT)  # a tracked file missing from the work tree: other tests name it
+    return [(p, mode) for p, mode in files if not p.startswith(VERBATIM) and (ROOT / p).is_file()]
 
 
 def is_text(path: Path) -> bool:
