@@ -1,6 +1,7 @@
 """Write synthetic BraTS-layout demo cases (real MNI152 anatomy from nilearn + synthetic gliomas).
 
-    python scripts/make_demo_data.py --output-dir demo/data --num-cases 20 --seed 0 [--spacing 2] [--overwrite] [--quiet]
+    python scripts/make_demo_data.py --output-dir demo/data --num-cases 20 --seed 0 [--spacing 2] [--overwrite]
+        [--quiet]
 
 See ``bundle/demo_data.py`` for what is generated and why.
 """

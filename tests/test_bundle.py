@@ -71,8 +71,9 @@ def test_training_writes_checkpoints(trained: Path) -> None:
 
 
 def test_evaluating_writes_metrics(trained: Path, data_dir: Path) -> None:
-    run(bundle_cmd("run", "evaluating", "--config_file", f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}']",
-                   "--dataset_dir", str(data_dir), "--bundle_root", str(trained), "--num_folds", "3", *TINY))  # fmt: skip
+    configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
+    run(bundle_cmd("run", "evaluating", "--config_file", configs, "--dataset_dir", str(data_dir), "--bundle_root",
+                   str(trained), "--num_folds", "3", *TINY))  # fmt: skip
     with open(trained / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # the held-out fold of six cases in three folds
@@ -301,8 +302,9 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
     with open(eval_dir / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
-    assert list(metrics[0]) == default + ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                          "confidence_wt", "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    quality = ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "confidence_wt", "d_score_tumour",
+               "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    assert list(metrics[0]) == default + quality
     assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
 
 
