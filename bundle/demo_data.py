@@ -66,8 +66,17 @@ def _mni() -> dict[str, Any]:
     x, y, z = xyz.T
     keep = (z > -15) & ~((y < -35) & (z < 5)) & ~((np.abs(x) < 10) & (z < 5))  # no cerebellum or brainstem
     ijk = tuple(ijk[keep].T)
-    return {**maps, "affine": affine, "inv_affine": np.linalg.inv(affine).astype(np.float32), "lo": lo, "hi": hi,
-            "centre": (lo + hi) / 2, "cand_xyz": xyz[keep], "cand_depth": depth[ijk], "cand_wm": maps["wm"][sub][ijk] > 0.5}
+    return {
+        **maps,
+        "affine": affine,
+        "inv_affine": np.linalg.inv(affine).astype(np.float32),
+        "lo": lo,
+        "hi": hi,
+        "centre": (lo + hi) / 2,
+        "cand_xyz": xyz[keep],
+        "cand_depth": depth[ijk],
+        "cand_wm": maps["wm"][sub][ijk] > 0.5,
+    }
 
 
 def output_grid(spacing: float = 1.0) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -79,7 +88,9 @@ def output_grid(spacing: float = 1.0) -> tuple[tuple[int, int, int], np.ndarray]
     return shape, affine  # type: ignore[return-value]
 
 
-def _smooth(rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, ...], amplitude: float = 1.0) -> np.ndarray:
+def _smooth(
+    rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, ...], amplitude: float = 1.0
+) -> np.ndarray:
     """Smooth random field on ``shape`` with ``|values| <= amplitude``: uniform random values on a coarse ``nodes``
     lattice, interpolated with normalised Gaussian weights along each axis in turn (separable, hence cheap even at
     full size, unlike filtering a full-size volume)."""
@@ -95,8 +106,16 @@ def _smooth(rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, 
     return np.einsum("ijc,kc->ijk", field, weights[2])
 
 
-def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm: np.ndarray, axes: list[np.ndarray],
-                spacing: float, centre: np.ndarray, size: float) -> None:
+def _add_tumour(
+    rng: np.random.Generator,
+    seg: np.ndarray,
+    brain: np.ndarray,
+    wm: np.ndarray,
+    axes: list[np.ndarray],
+    spacing: float,
+    centre: np.ndarray,
+    size: float,
+) -> None:
     """Paint one tumour into ``seg`` (in place) around world point ``centre``: a randomly deformed ellipsoid core
     (enhancing rim, necrosis inside in most cases) and irregular oedema spreading preferentially into white matter."""
     r_core = max(size * rng.uniform(0.4, 0.65), 2 * spacing)
@@ -146,10 +165,15 @@ def make_case(case_index: int, seed: int, spacing: float = 1.0) -> dict[str, np.
     # world point each voxel samples from the MNI brain: global scaling about the centre plus a smooth deformation
     scale = rng.uniform(0.98, 1.08) * rng.uniform(0.98, 1.02, 3)
     c = mni["centre"]
-    world = [(c[a] + scale[a] * (axes[a] - c[a])).astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
-             + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM) for a in range(3)]
+    world = [
+        (c[a] + scale[a] * (axes[a] - c[a])).astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
+        + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM)
+        for a in range(3)
+    ]
     inv = mni["inv_affine"]
-    coords = np.stack([(sum(inv[a, b] * world[b] for b in range(3) if inv[a, b]) + inv[a, 3]).ravel() for a in range(3)])
+    coords = np.stack(
+        [(sum(inv[a, b] * world[b] for b in range(3) if inv[a, b]) + inv[a, 3]).ravel() for a in range(3)]
+    )
     del world
     mask = ndi.map_coordinates(mni["mask"], coords, order=1).reshape(crop)
     brain = mask > 0.5
@@ -224,8 +248,14 @@ def _write_case(out_dir: Path, index: int, seed: int, spacing: float) -> str:
     return cid
 
 
-def make_dataset(output_dir: str | os.PathLike, num_cases: int, seed: int, spacing: float = 1.0,
-                 overwrite: bool = False, quiet: bool = False) -> list[str]:
+def make_dataset(
+    output_dir: str | os.PathLike,
+    num_cases: int,
+    seed: int,
+    spacing: float = 1.0,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> list[str]:
     """Write ``num_cases`` demo cases in BraTS layout to ``output_dir`` and return their ids.
 
     Refuses a non-empty ``output_dir`` unless ``overwrite``; writes into a temporary sibling directory that is renamed

@@ -52,7 +52,14 @@ def main(output_dir: str = "demo", num_cases: int = 20, num_test_cases: int = 5,
     _prepare_output_dir(out)
     py = sys.executable
     bundle = [py, "-m", "monai.bundle", "run"]
-    common = ["--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--bundle_root", str(out)]
+    common = [
+        "--meta_file",
+        "configs/metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--bundle_root",
+        str(out),
+    ]
     train_configs = "['configs/train.yaml','configs/demo.yaml']"
     data, test = out / "data", out / "test"
     timings = {}

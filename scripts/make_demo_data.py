@@ -18,8 +18,14 @@ import fire  # noqa: E402
 from bundle.demo_data import make_dataset  # noqa: E402
 
 
-def main(output_dir: str, num_cases: int = 20, seed: int = 0, spacing: float = 1.0, overwrite: bool = False,
-         quiet: bool = False) -> None:
+def main(
+    output_dir: str,
+    num_cases: int = 20,
+    seed: int = 0,
+    spacing: float = 1.0,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> None:
     """Write NUM_CASES demo cases (DEMO_00000, ...) to OUTPUT_DIR at SPACING mm; refuses a non-empty OUTPUT_DIR
     unless --overwrite. User errors print one line to stderr and exit with status 1."""
     try:

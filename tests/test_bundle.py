@@ -15,9 +15,9 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from helpers import TINY_MODEL, cli_overrides
 from bundle.demo_data import make_dataset
 from bundle.metrics import METRIC_NAMES
+from helpers import TINY_MODEL, cli_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -63,8 +63,16 @@ def test_training_writes_checkpoints(trained: Path) -> None:
     checkpoints = sorted(p.name for p in (trained / "models").glob("checkpoint_epoch=*.pt"))
     assert checkpoints == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # the last checkpoints_kept (2)
     state = torch.load(trained / "models" / checkpoints[-1], weights_only=True)
-    assert set(state) == {"generator", "discriminator", "optimizer", "d_optimizer", "g_scaler", "d_scaler", "trainer",
-                          "validation"}
+    assert set(state) == {
+        "generator",
+        "discriminator",
+        "optimizer",
+        "d_optimizer",
+        "g_scaler",
+        "d_scaler",
+        "trainer",
+        "validation",
+    }
     # ignite keeps the iteration count: two epochs of the four training cases in batches of two
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 4
     assert list((trained / "logs").glob("events.out.tfevents.*"))  # TensorBoard
@@ -126,12 +134,14 @@ def test_inference_names_a_missing_modality_file(trained: Path, data_dir: Path, 
     ("config_files", "workflow_type"),
     # the evaluation workflow by MONAI's inference properties (dataset, evaluator, inferer), as MONAI has no
     # evaluation type; it also keeps the training properties of the train.yaml it is merged over
-    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "infer"), (["train.yaml", "evaluate.yaml"], "train"),
-     (["inference.yaml"], "infer")],
+    [
+        (["train.yaml"], "train"),
+        (["train.yaml", "evaluate.yaml"], "infer"),
+        (["train.yaml", "evaluate.yaml"], "train"),
+        (["inference.yaml"], "infer"),
+    ],
 )
-def test_check_properties_is_empty(
-    config_files: list[str], workflow_type: str, data_dir: Path, tmp_path: Path
-) -> None:
+def test_check_properties_is_empty(config_files: list[str], workflow_type: str, data_dir: Path, tmp_path: Path) -> None:
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / f) for f in config_files],
         meta_file=str(CONFIGS / "metadata.json"),
