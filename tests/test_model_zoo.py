@@ -38,7 +38,7 @@ import nibabel as nib
 import pytest
 import torch
 from monai.apps.utils import download_url
-from monai.bundle import ConfigParser, ConfigWorkflow, create_workflow
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, create_workflow, verify_metadata, verify_net_in_out
 from monai.bundle.properties import InferProperties, MetaProperties
 from monai.bundle.scripts import _get_fake_spatial_shape
 
@@ -276,22 +276,10 @@ def test_version_check_names_the_problem(change: dict, expected: str) -> None:
 
 
 def test_metadata_is_valid_against_the_schema_it_names() -> None:
-    """verify_metadata as the zoo runs it, on the schema the metadata's URL names (offline copy, md5 checked)."""
+    """ci/verify_bundle.py ``verify_metadata_format``: MONAI's verify_metadata in-process, as the zoo calls it, on
+    the schema the metadata's URL names (the offline copy, its md5 checked instead of downloading)."""
     schema, md5 = schema_copy(metadata())
-    run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_metadata",
-            "--meta_file",
-            str(META_FILE),
-            "--filepath",
-            str(schema),
-            "--hash_val",
-            md5,
-        ]
-    )
+    verify_metadata(meta_file=str(META_FILE), filepath=str(schema), hash_val=md5)
 
 
 def test_schema_url_of_another_version_is_named() -> None:
@@ -334,22 +322,10 @@ def test_inference_properties_at_the_zoo_defaults() -> None:
 
 
 def test_verify_net_in_out_at_the_zoo_defaults() -> None:
-    """The zoo's call: no --n, no overrides, the paper-sized generator, on the smallest declared shape."""
-    run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_net_in_out",
-            "network_def",
-            "--meta_file",
-            str(META_FILE),
-            "--config_file",
-            str(CONFIGS / "inference.yaml"),
-            "--bundle_root",
-            str(ROOT),
-        ]
-    )
+    """ci/verify_bundle.py ``verify_data_shape``, the same call: no n, p or any (MONAI's defaults, n = 1), no
+    overrides, so the paper-sized generator on the smallest declared shape."""
+    inference = str(CONFIGS / "inference.yaml")
+    verify_net_in_out(net_id="network_def", meta_file=str(META_FILE), config_file=inference, bundle_root=str(ROOT))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -380,26 +356,14 @@ def test_ckpt_export_at_the_zoo_defaults(tmp_path: Path) -> None:
     weights = tmp_path / "model.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
     exported = tmp_path / "verify_model.ts"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(exported),
-            "--ckpt_file",
-            str(weights),
-            "--meta_file",
-            str(META_FILE),
-            "--config_file",
-            str(CONFIGS / "inference.yaml"),
-            "--bundle_root",
-            str(ROOT),
-        ],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT)},
+    # ci/verify_bundle.py ``verify_torchscript``: the same call (scripting, no input shape)
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(weights),
+        meta_file=str(META_FILE),
+        config_file=str(CONFIGS / "inference.yaml"),
+        bundle_root=str(ROOT),
     )
     weights.unlink()  # 600 MB each
     torch.jit.load(str(exported))
