@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ANATOMY_DIR := $(VENV)/share/vox2vox
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test test-monailabel clean-demo
+.PHONY: setup demo test lint format bundle-zip test-monailabel clean-demo
 
 setup: $(STAMP)
 
@@ -29,6 +29,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# the Model Zoo's code-format gate (flake8, isort, black at 120 columns) as ruff rules (pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# what `make lint` asks for, done: import order and other safe fixes, then the formatter
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# the zip the Model Zoo distributes (dist/<name>_v<version>.zip; `monai.bundle download` unpacks it), with
+# models/model.pt and models/model.ts where they exist (WEIGHTS_DIR=... to take them from another folder)
+WEIGHTS_DIR ?= .
+bundle-zip: $(STAMP)
+	$(PY) scripts/bundle_zip.py --output-dir dist --weights-dir $(WEIGHTS_DIR)
 
 # MONAI Label 0.8.5 with this bundle, offline on 127.0.0.1 (installs about 8 GB into .monailabel/; not in `make test`)
 test-monailabel: $(STAMP)

@@ -533,8 +533,10 @@ def report(settings: dict, results: dict[str, Any]) -> str:
             lines.append(f"| d | data pipeline{where} | failed: {(data or {}).get('error', 'not run')} | | |")
     default = results.get("option:default")
     if default and "error" not in default:
-        lines.append(f"| e | peak memory of training (configured default) | {_memory(default)} | memory of the run "
-                     f"(activations, gradients, optimizer states) | {_bytes(training_memory(default))} |")
+        lines.append(
+            f"| e | peak memory of training (configured default) | {_memory(default)} | memory of the run "
+            f"(activations, gradients, optimizer states) | {_bytes(training_memory(default))} |"
+        )
     else:
         lines.append(f"| e | peak memory of training | failed: {(default or {}).get('error', 'not run')} | | |")
 

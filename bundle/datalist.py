@@ -278,7 +278,8 @@ def _absolute_paths(datalist: dict[str, Any], dataset_dir: PathLike) -> dict[str
     absolute = lambda p: os.path.join(root, p)  # noqa: E731  (os.path.join keeps absolute paths)
     training = []
     for item in datalist["training"]:
-        item = {**item, "image": absolute(item["image"]) if isinstance(item["image"], str) else [absolute(p) for p in item["image"]]}
+        image = item["image"]
+        item = {**item, "image": absolute(image) if isinstance(image, str) else [absolute(p) for p in image]}
         if "label" in item:
             item["label"] = absolute(item["label"])
         training.append(item)

@@ -168,8 +168,17 @@ def _anatomy(anatomy: str = "mni152") -> dict[str, Any]:
     low = u[:, 2] < 0.5
     keep = (u[:, 2] > 0.37) & ~((u[:, 1] < 0.4) & low) & ~((np.abs(u[:, 0] - 0.5) < 0.07) & low)
     ijk = tuple(ijk[keep].T)
-    return {**maps, "affine": affine, "inv_affine": np.linalg.inv(affine).astype(np.float32), "lo": lo, "hi": hi,
-            "centre": (lo + hi) / 2, "cand_xyz": xyz[keep], "cand_depth": depth[ijk], "cand_wm": maps["wm"][sub][ijk] > 0.5}
+    return {
+        **maps,
+        "affine": affine,
+        "inv_affine": np.linalg.inv(affine).astype(np.float32),
+        "lo": lo,
+        "hi": hi,
+        "centre": (lo + hi) / 2,
+        "cand_xyz": xyz[keep],
+        "cand_depth": depth[ijk],
+        "cand_wm": maps["wm"][sub][ijk] > 0.5,
+    }
 
 
 def output_grid(spacing: float = 1.0, anatomy: str = "mni152") -> tuple[tuple[int, int, int], np.ndarray]:
@@ -181,7 +190,9 @@ def output_grid(spacing: float = 1.0, anatomy: str = "mni152") -> tuple[tuple[in
     return shape, affine  # type: ignore[return-value]
 
 
-def _smooth(rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, ...], amplitude: float = 1.0) -> np.ndarray:
+def _smooth(
+    rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, ...], amplitude: float = 1.0
+) -> np.ndarray:
     """Smooth random field on ``shape`` with ``|values| <= amplitude``: uniform random values on a coarse ``nodes``
     lattice, interpolated with normalised Gaussian weights along each axis in turn (separable, hence cheap even at
     full size, unlike filtering a full-size volume)."""
@@ -197,8 +208,17 @@ def _smooth(rng: np.random.Generator, nodes: tuple[int, ...], shape: tuple[int, 
     return np.einsum("ijc,kc->ijk", field, weights[2])
 
 
-def _add_tumour(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray, wm: np.ndarray, axes: list[np.ndarray],
-                spacing: float, centre: np.ndarray, size: float, look: Appearance) -> None:
+def _add_tumour(
+    rng: np.random.Generator,
+    seg: np.ndarray,
+    brain: np.ndarray,
+    wm: np.ndarray,
+    axes: list[np.ndarray],
+    spacing: float,
+    centre: np.ndarray,
+    size: float,
+    look: Appearance,
+) -> None:
     """Paint one tumour into ``seg`` (in place) around world point ``centre``: a randomly deformed ellipsoid core
     (enhancing rim, necrosis inside in most cases, parts of the rim not enhancing where ``look`` breaks it) and
     irregular oedema spreading preferentially into white matter."""
@@ -236,7 +256,9 @@ def _contrast_table(rng: np.random.Generator, look: Appearance) -> dict[str, np.
     """This case's levels per modality (CSF, GM, WM, NCR, ED, ET): :data:`CONTRASTS` with every level scaled by
     ``look.level_jitter``, then ET on T1ce, ED on FLAIR and ED on T2 set as ratios to the case's own WM (ED no
     darker than ``look.ed_over_gm`` times GM)."""
-    table = {name: np.array(levels) * rng.uniform(*look.level_jitter, len(levels)) for name, levels in CONTRASTS.items()}
+    table = {
+        name: np.array(levels) * rng.uniform(*look.level_jitter, len(levels)) for name, levels in CONTRASTS.items()
+    }
     table["t1ce"][ET] = table["t1ce"][WM] * rng.uniform(*look.et_enhancement)
     table["flair"][ED] = table["flair"][WM] * rng.uniform(*look.ed_flair)
     table["t2"][ED] = table["t2"][WM] * rng.uniform(*look.ed_t2)
@@ -286,10 +308,15 @@ def make_case(case_index: int, seed: int, spacing: float = 1.0, shifted: bool = 
     # world point each voxel samples from the anatomy: global scaling about the centre plus a smooth deformation
     scale = rng.uniform(0.98, 1.08) * rng.uniform(0.98, 1.02, 3)
     c = mni["centre"]
-    world = [(c[a] + scale[a] * (axes[a] - c[a])).astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
-             + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM) for a in range(3)]
+    world = [
+        (c[a] + scale[a] * (axes[a] - c[a])).astype(np.float32).reshape([-1 if b == a else 1 for b in range(3)])
+        + _smooth(rng, (5, 5, 4), crop, MAX_DEFORM_MM)
+        for a in range(3)
+    ]
     inv = mni["inv_affine"]
-    coords = np.stack([(sum(inv[a, b] * world[b] for b in range(3) if inv[a, b]) + inv[a, 3]).ravel() for a in range(3)])
+    coords = np.stack(
+        [(sum(inv[a, b] * world[b] for b in range(3) if inv[a, b]) + inv[a, 3]).ravel() for a in range(3)]
+    )
     del world
     mask = ndi.map_coordinates(mni["mask"], coords, order=1).reshape(crop)
     brain = mask > 0.5
@@ -345,8 +372,10 @@ def make_case(case_index: int, seed: int, spacing: float = 1.0, shifted: bool = 
             if thickness > 1:
                 volume = _thick_slices(volume, axis, thickness, rng.uniform(0, thickness))
         sd = rng.uniform(*look.noise) * lv[WM]
-        noisy = np.hypot(volume[brain] + sd * rng.standard_normal(len(img), np.float32),
-                         sd * rng.standard_normal(len(img), np.float32))  # Rician: magnitude of complex noise
+        noisy = np.hypot(
+            volume[brain] + sd * rng.standard_normal(len(img), np.float32),
+            sd * rng.standard_normal(len(img), np.float32),
+        )  # Rician: magnitude of complex noise
         out[name] = np.zeros(shape, np.int16)
         out[name][region][brain] = np.clip(np.rint(noisy * (1000 / (1.25 * max(lv)))), 1, 32767)
     out["seg"] = np.zeros(shape, np.uint8)
@@ -381,8 +410,15 @@ def _write_case(out_dir: Path, index: int, seed: int, spacing: float, shifted: b
     return cid
 
 
-def make_dataset(output_dir: str | os.PathLike, num_cases: int, seed: int, spacing: float = 1.0,
-                 overwrite: bool = False, quiet: bool = False, shifted: bool = False) -> list[str]:
+def make_dataset(
+    output_dir: str | os.PathLike,
+    num_cases: int,
+    seed: int,
+    spacing: float = 1.0,
+    overwrite: bool = False,
+    quiet: bool = False,
+    shifted: bool = False,
+) -> list[str]:
     """Write ``num_cases`` demo cases in BraTS layout to ``output_dir`` and return their ids (``shifted``: the
     shifted appearance, see :data:`APPEARANCES`).
 
@@ -408,8 +444,13 @@ def make_dataset(output_dir: str | os.PathLike, num_cases: int, seed: int, spaci
         workers = min(2, os.cpu_count() or 1, num_cases)
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
-            jobs = ([tmp] * num_cases, range(num_cases), [seed] * num_cases, [spacing] * num_cases,
-                    [shifted] * num_cases)
+            jobs = (
+                [tmp] * num_cases,
+                range(num_cases),
+                [seed] * num_cases,
+                [spacing] * num_cases,
+                [shifted] * num_cases,
+            )
             results = pool.map(_write_case, *jobs) if pool else map(_write_case, *jobs)
             ids = list(tqdm(results, total=num_cases, desc="demo cases", unit="case", disable=quiet))
         finally:

@@ -141,7 +141,9 @@ class RegionMetricsSaver:
                     raise KeyError(f"case {row['case_id']}: no {self.scores_key!r} scores in the evaluator's output")
                 row.update({k: v for k, v in scores.items() if k != "case_id"})
             self.rows.append(row)
-            self.logger.info(", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+            self.logger.info(
+                ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items())
+            )
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per region, the mean, median, standard deviation and quartiles of each metric over the scored cases."""

@@ -187,7 +187,9 @@ class EnsembleInferer(Inferer):
         axes = list(flip_axes or [])
         valid = all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in axes)
         if not valid or len(set(axes)) != len(axes):
-            raise ValueError(f"flip_axes (tta_flip_axes) must be distinct axes in [0, {spatial_dims}), got {flip_axes!r}")
+            raise ValueError(
+                f"flip_axes (tta_flip_axes) must be distinct axes in [0, {spatial_dims}), got {flip_axes!r}"
+            )
         self.inferer = inferer
         self.networks = networks
         # each flip as the tensor dims of a (batch, channel, *spatial) input; () is the unflipped input

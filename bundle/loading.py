@@ -51,7 +51,9 @@ class StudySpacingd(Spacingd):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         d = dict(data)
         prefixes = tuple(f"{key}_" for key in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
+        aside = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
         d = super().__call__(d, lazy=lazy)
         d.update(aside)
         return d

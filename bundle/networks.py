@@ -7,13 +7,11 @@ and the discriminator 11,078,337.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["Vox2VoxGenerator", "Vox2VoxDiscriminator", "he_normal_init"]
 
@@ -80,7 +78,9 @@ class Vox2VoxGenerator(nn.Module):
             recompute the stage in the backward pass (``torch.utils.checkpoint``, non-reentrant, with the same
             dropout masks): less activation memory for about one more forward pass of compute. Same results.
 
-    Spatial sizes of the input must be multiples of 16.
+    Spatial sizes of the input must be multiples of 16, and not all 16: the bottleneck (1/16 of each size) must
+    hold more than one voxel for its instance norm. Sizes of 32 or more in every axis (``16*n+16`` in the
+    metadata) also suit the discriminator in training.
     """
 
     def __init__(
@@ -136,6 +136,14 @@ class Vox2VoxGenerator(nn.Module):
         for size in x.shape[2:]:
             if size % multiple != 0:
                 raise ValueError(f"spatial sizes must be multiples of {multiple}, got {list(x.shape[2:])}.")
+        bottleneck_voxels = 1
+        for size in x.shape[2:]:
+            bottleneck_voxels = bottleneck_voxels * (size // multiple)
+        if bottleneck_voxels < 2:
+            raise ValueError(
+                f"spatial sizes {list(x.shape[2:])} are too small: the bottleneck (1/{multiple} of each size) would"
+                f" hold one voxel, and its instance norm needs more; use sizes of at least {2 * multiple}."
+            )
         # each `not torch.jit.is_scripting() and ...` branch is left out by TorchScript (checkpoint is not scriptable)
         ckpt = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         skips = []

@@ -54,7 +54,7 @@ from scipy.stats import spearmanr
 from bundle.checkpoints import check_writable_folder
 from bundle.datalist import case_id_from_path
 from bundle.handlers import write_atomically
-from bundle.inference import load_generator_weights, mutual_information, save_map_on_input_grid
+from bundle.inference import load_generator_weights, save_map_on_input_grid
 from bundle.labels import REGIONS
 from bundle.metrics import dice
 
@@ -396,7 +396,7 @@ def fit_calibration(
 def apply_calibration(calibration: Mapping[str, Any] | None, scores: Mapping[str, float]) -> dict[str, float]:
     """``{"est_dice_WT", "est_dice_mean"}`` from ``scores`` with ``calibration``; NaN without a calibration."""
     if calibration is None:
-        return {name: math.nan for name in ESTIMATE_NAMES.values()}
+        return dict.fromkeys(ESTIMATE_NAMES.values(), math.nan)
     out = {}
     on_logit = calibration.get("link", "identity") == "logit"
     for target, model in calibration["targets"].items():
@@ -446,9 +446,7 @@ def save_calibration(path: str | os.PathLike[str], calibration: Mapping[str, Any
 
 
 def load_calibration(
-    path: str | os.PathLike[str] | None,
-    required: bool = False,
-    weights: Mapping[str, WeightsPaths] | None = None,
+    path: str | os.PathLike[str] | None, required: bool = False, weights: Mapping[str, WeightsPaths] | None = None
 ) -> dict[str, Any] | None:
     """The calibration in ``path``, checked; ``None`` (with a warning) when the file is missing or was fitted with
     other weights than ``weights`` (``{"generator": path, "discriminator": path}``, compared by sha256 with those

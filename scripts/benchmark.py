@@ -48,10 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed training iterations per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the interleaved bundle / plain-loop timing")
     p.add_argument("--matmul-size", type=int, default=None, help="matmul edge for the peak rate (GPU 8192, CPU 2048)")
-    p.add_argument("--options", default=",".join(OPTIONS),
-                   help=f"comma-separated options to measure, of {','.join(OPTIONS)} ('' for none)")
-    p.add_argument("--inference-spacing", type=float, default=1.0,
-                   help="mm per voxel of the inference case: 1 is BraTS' 240x240x155, 2 gives 120x120x78")
+    p.add_argument(
+        "--options",
+        default=",".join(OPTIONS),
+        help=f"comma-separated options to measure, of {','.join(OPTIONS)} ('' for none)",
+    )
+    p.add_argument(
+        "--inference-spacing",
+        type=float,
+        default=1.0,
+        help="mm per voxel of the inference case: 1 is BraTS' 240x240x155, 2 gives 120x120x78",
+    )
     p.add_argument("--inference-patch", type=int, default=None, help="sliding-window roi edge (default: --patch)")
     p.add_argument("--inference-repeats", type=int, default=2, help="timed inference runs after the first")
     p.add_argument("--inference-workers", type=int, default=None, help="inference num_workers (default: the config's)")

@@ -91,9 +91,7 @@ COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
 
 
 def summarise(
-    rows: Sequence[dict[str, Any]],
-    calibration: dict[str, Any] | None,
-    calibration_rows: Sequence[dict[str, Any]] = (),
+    rows: Sequence[dict[str, Any]], calibration: dict[str, Any] | None, calibration_rows: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     """Spearman and worst-10 % recall of every score over ``rows`` (and over the model's predictions alone), with
     the calibrated estimates added to each row from ``calibration``; with ``calibration_rows`` (the validation rows
@@ -123,9 +121,12 @@ def summarise(
     by_source = {
         "reference (one-hot)": [r["d_score"] for r in rows if r["source"] == "reference"],
         "prediction (one-hot argmax)": [r["d_score"] for r in rows if r["source"] == "prediction"],
-        "prediction (G's probabilities)": [r.get("d_score_probabilities", math.nan) for r in rows
-                                           if r["source"] == "prediction"],  # fmt: skip
-        "corrupted references (one-hot)": [r["d_score"] for r in rows if r["source"] not in ("prediction", "reference")],
+        "prediction (G's probabilities)": [
+            r.get("d_score_probabilities", math.nan) for r in rows if r["source"] == "prediction"
+        ],
+        "corrupted references (one-hot)": [
+            r["d_score"] for r in rows if r["source"] not in ("prediction", "reference")
+        ],
     }
     results["d_by_input"] = {k: float(np.nanmean(v)) if v else math.nan for k, v in by_source.items()}
     preds = groups["predictions"]
@@ -156,8 +157,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the held-out cases (not 0 or 1)")
     parser.add_argument("--output-dir", help="results folder (default <bundle-root>/quality_benchmark)")
     parser.add_argument("--tta-flip-axes", default="[0,1,2]", help="flip TTA axes, the same for calibration")
-    parser.add_argument("--calibration-cases", type=int, default=10,
-                        help="fresh validation cases to calibrate on; 0: the demo's own calibration (its fold)")
+    parser.add_argument(
+        "--calibration-cases",
+        type=int,
+        default=10,
+        help="fresh validation cases to calibrate on; 0: the demo's own calibration (its fold)",
+    )
     parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="their seed")
     args = parser.parse_args(argv)
     if args.calibration_cases < 0:
@@ -192,8 +197,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         calibration_file = root / "models/quality_calibration.json"
         calibration_rows_csv = root / "eval/quality_calibration_rows.csv"
         if calibration_file.is_file() and not calibration_rows_csv.is_file():
-            raise SystemExit(f"benchmark_quality: {calibration_file} exists but not its rows {calibration_rows_csv}: "
-                             "rerun `calibrating` with --overwrite_calibration true, or pass --calibration-cases N")
+            raise SystemExit(
+                f"benchmark_quality: {calibration_file} exists but not its rows {calibration_rows_csv}: "
+                "rerun `calibrating` with --overwrite_calibration true, or pass --calibration-cases N"
+            )
         if not calibration_file.is_file():
             bundle_run(root, configs, "--dataset_dir", str(root / "data"), "--datalist_file",
                        str(root / "datalist.json"), *flips)  # fmt: skip

@@ -30,15 +30,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from bundle.benchmark import append_section, machine  # noqa: E402
-from scripts.demo import (  # noqa: E402
-    DEMO_SPACING_MM,
-    EVALUATIONS,
-    dice,
-    evaluate,
-    make_data,
-    prepare_output_dir,
-    train,
-)
+from scripts.demo import DEMO_SPACING_MM, EVALUATIONS, dice, evaluate, make_data, prepare_output_dir, train  # noqa: E402
 
 PROGRAM = "benchmark_robustness"
 DEFAULT_OUTPUT = ROOT / "docs" / "robustness.md"
@@ -59,16 +51,20 @@ def augmentation_sets() -> tuple[str, ...]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work-dir", default=str(ROOT / "runs" / "robustness"),
-                   help="data and one bundle_root per augmentation set; a rerun reuses the data")
+    p.add_argument(
+        "--work-dir",
+        default=str(ROOT / "runs" / "robustness"),
+        help="data and one bundle_root per augmentation set; a rerun reuses the data",
+    )
     p.add_argument("--augmentations", default="paper,robust", help="comma-separated sets to compare")
     p.add_argument("--num-cases", type=int, default=20, help="training cases (as make demo)")
     p.add_argument("--num-test-cases", type=int, default=5, help="held-out cases (as make demo)")
     p.add_argument("--num-shifted-cases", type=int, default=10, help="shifted cases (as make demo)")
     p.add_argument("--seed", type=int, default=0, help="data seed; training uses the configs' random_seed")
     p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM, help="demo data voxel size, mm")
-    p.add_argument("--train-args", default="",
-                   help="more overrides for training and evaluation, e.g. '--max_epochs 40'")
+    p.add_argument(
+        "--train-args", default="", help="more overrides for training and evaluation, e.g. '--max_epochs 40'"
+    )
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="markdown file the section is appended to")
     p.add_argument("--note", default="", help="a remark printed with the section")
     args = p.parse_args(argv)
@@ -105,8 +101,10 @@ def verdict(results: dict[str, dict]) -> str:
     gain = robust["shifted"]["mean"] - paper["shifted"]["mean"]
     held_out = robust["held-out"]["mean"] - paper["held-out"]["mean"]
     which = "beats" if gain > 0 else "does not beat"
-    return (f"The robust set {which} the paper's on the shifted set: mean Dice {gain:+.3f} "
-            f"(ET {robust['shifted']['ET'] - paper['shifted']['ET']:+.3f}); on the held-out cases {held_out:+.3f}.")
+    return (
+        f"The robust set {which} the paper's on the shifted set: mean Dice {gain:+.3f} "
+        f"(ET {robust['shifted']['ET'] - paper['shifted']['ET']:+.3f}); on the held-out cases {held_out:+.3f}."
+    )
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -114,8 +112,9 @@ def main(argv: list[str] | None = None) -> str:
     work = Path(args.work_dir).resolve()
     prepare_output_dir(work, tuple(args.augmentations), program=PROGRAM)
     started, load_start = time.monotonic(), os.getloadavg()[0]
-    make_data(work, (args.num_cases, args.num_test_cases, args.num_shifted_cases), args.seed, args.spacing,
-              program=PROGRAM)
+    make_data(
+        work, (args.num_cases, args.num_test_cases, args.num_shifted_cases), args.seed, args.spacing, program=PROGRAM
+    )
     overrides = shlex.split(args.train_args)
     results = {}
     for augmentation in args.augmentations:

@@ -69,8 +69,14 @@ def prepare_output_dir(out: Path, results: tuple[str, ...] = RESULTS, program: s
         shutil.rmtree(out / name, ignore_errors=True)
 
 
-def make_data(out: Path, counts: tuple[int, int, int], seed: int, spacing: float = DEMO_SPACING_MM,
-              step: int = 1, program: str = "demo") -> dict[str, float]:
+def make_data(
+    out: Path,
+    counts: tuple[int, int, int],
+    seed: int,
+    spacing: float = DEMO_SPACING_MM,
+    step: int = 1,
+    program: str = "demo",
+) -> dict[str, float]:
     """The training, held-out and shifted data sets (``counts`` cases each) and the datalist, each unless there
     already; returns the seconds each step took."""
     timings = {}
@@ -103,8 +109,9 @@ def train(data_root: Path, bundle_root: Path, overrides: list[str], step: int = 
         program=program)  # fmt: skip
 
 
-def evaluate(data_root: Path, bundle_root: Path, overrides: list[str], step: int = 4,
-             program: str = "demo") -> dict[str, float]:
+def evaluate(
+    data_root: Path, bundle_root: Path, overrides: list[str], step: int = 4, program: str = "demo"
+) -> dict[str, float]:
     """``evaluating`` of ``bundle_root``'s model on the held-out and the shifted cases; returns each one's seconds."""
     return {f"evaluating {name}": run_step(step, f"evaluating models/model.pt on the {name} test cases", [
         *BUNDLE_RUN, "evaluating", "--config_file", EVAL_CONFIGS, *bundle_args(bundle_root),

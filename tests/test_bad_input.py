@@ -14,8 +14,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from bundle.demo_data import make_dataset
-from helpers import TINY_MODEL, error_text
 from bundle.networks import Vox2VoxGenerator
+from helpers import TINY_MODEL, error_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -51,18 +51,26 @@ def label_value_3(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing modality": (lambda d: (d / CASE / f"{CASE}_t2.nii.gz").unlink(), f"{CASE}_t2.nii.gz"),
     "truncated file": (
-        lambda d: (d / CASE / f"{CASE}_flair.nii.gz").write_bytes((d / CASE / f"{CASE}_flair.nii.gz").read_bytes()[:900]),
+        lambda d: (d / CASE / f"{CASE}_flair.nii.gz").write_bytes(
+            (d / CASE / f"{CASE}_flair.nii.gz").read_bytes()[:900]
+        ),
         f"{CASE}_flair.nii.gz",
     ),
     "not NIfTI": (lambda d: (d / CASE / f"{CASE}_t1ce.nii.gz").write_text("not an image"), f"{CASE}_t1ce.nii.gz"),
     "shapes differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", lambda a, m: (a[:-2], m)), f"{CASE}_t2.nii.gz"),
     "affines differ": (lambda d: resave(d / CASE / f"{CASE}_t2.nii.gz", shifted), f"{CASE}_t2.nii.gz: affine differs"),
-    "NaN voxels": (lambda d: resave(d / CASE / f"{CASE}_flair.nii.gz", with_nan), f"{CASE}_flair.nii.gz: 1 voxels are NaN"),
+    "NaN voxels": (
+        lambda d: resave(d / CASE / f"{CASE}_flair.nii.gz", with_nan),
+        f"{CASE}_flair.nii.gz: 1 voxels are NaN",
+    ),
     "all-zero volume": (
         lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (np.zeros_like(a), m)),
         f"{CASE}_t1.nii.gz: every voxel is zero",
     ),
-    "2-D image": (lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (a[:, :, 5], m)), "expected a 3-D volume"),
+    "2-D image": (
+        lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (a[:, :, 5], m)),
+        "expected a 3-D volume",
+    ),
     "5-D image": (
         lambda d: resave(d / CASE / f"{CASE}_t1.nii.gz", lambda a, m: (a[..., None, None], m)),
         "expected a 3-D volume",
@@ -74,7 +82,9 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing data folder": (lambda d: shutil.rmtree(d), "does not exist"),
 }
 #: what inference reads: every corruption of the images (it reads no labels); a missing folder stops the whole run
-INFERENCE_CORRUPTIONS = [c for c in CORRUPTIONS if c not in ("label value outside the convention", "missing data folder")]
+INFERENCE_CORRUPTIONS = [
+    c for c in CORRUPTIONS if c not in ("label value outside the convention", "missing data folder")
+]
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +197,7 @@ def test_unwritable_evaluation_or_inference_folder_is_named_before_any_work(
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
-    [('{"training": []}', "malformed"), ("{not json", "not valid JSON"), (None, "not found")],
+    ("content", "expected"), [('{"training": []}', "malformed"), ("{not json", "not valid JSON"), (None, "not found")]
 )
 def test_bad_datalist_is_named(content: str | None, expected: str, data_dir: Path, tmp_path: Path) -> None:
     datalist = tmp_path / "datalist.json"

@@ -15,9 +15,9 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from helpers import TINY_MODEL, cli_overrides
 from bundle.demo_data import make_dataset
 from bundle.metrics import METRIC_NAMES
+from helpers import TINY_MODEL, cli_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -63,16 +63,25 @@ def test_training_writes_checkpoints(trained: Path) -> None:
     checkpoints = sorted(p.name for p in (trained / "models").glob("checkpoint_epoch=*.pt"))
     assert checkpoints == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # the last checkpoints_kept (2)
     state = torch.load(trained / "models" / checkpoints[-1], weights_only=True)
-    assert set(state) == {"generator", "discriminator", "optimizer", "d_optimizer", "g_scaler", "d_scaler", "trainer",
-                          "validation"}
+    assert set(state) == {
+        "generator",
+        "discriminator",
+        "optimizer",
+        "d_optimizer",
+        "g_scaler",
+        "d_scaler",
+        "trainer",
+        "validation",
+    }
     # ignite keeps the iteration count: two epochs of the four training cases in batches of two
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 4
     assert list((trained / "logs").glob("events.out.tfevents.*"))  # TensorBoard
 
 
 def test_evaluating_writes_metrics(trained: Path, data_dir: Path) -> None:
-    run(bundle_cmd("run", "evaluating", "--config_file", f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}']",
-                   "--dataset_dir", str(data_dir), "--bundle_root", str(trained), "--num_folds", "3", *TINY))  # fmt: skip
+    configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}']"
+    run(bundle_cmd("run", "evaluating", "--config_file", configs, "--dataset_dir", str(data_dir), "--bundle_root",
+                   str(trained), "--num_folds", "3", *TINY))  # fmt: skip
     with open(trained / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2  # the held-out fold of six cases in three folds
@@ -125,12 +134,14 @@ def test_inference_names_a_missing_modality_file(trained: Path, data_dir: Path, 
     ("config_files", "workflow_type"),
     # the evaluation workflow by MONAI's inference properties (dataset, evaluator, inferer), as MONAI has no
     # evaluation type; it also keeps the training properties of the train.yaml it is merged over
-    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "infer"), (["train.yaml", "evaluate.yaml"], "train"),
-     (["inference.yaml"], "infer")],
+    [
+        (["train.yaml"], "train"),
+        (["train.yaml", "evaluate.yaml"], "infer"),
+        (["train.yaml", "evaluate.yaml"], "train"),
+        (["inference.yaml"], "infer"),
+    ],
 )
-def test_check_properties_is_empty(
-    config_files: list[str], workflow_type: str, data_dir: Path, tmp_path: Path
-) -> None:
+def test_check_properties_is_empty(config_files: list[str], workflow_type: str, data_dir: Path, tmp_path: Path) -> None:
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / f) for f in config_files],
         meta_file=str(CONFIGS / "metadata.json"),
@@ -161,14 +172,6 @@ def test_label_names_are_keyed_by_the_values_monai_label_writes() -> None:
     pred = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
     assert pred["channel_def"] == {str(v): name for v, name in zip(written, CLASS_NAMES)}
     assert len(pred["channel_def"]) == pred["num_channels"]
-
-
-def test_verify_net_in_out() -> None:
-    run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-         str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.yaml"), "--n", "2", "--any", "16",
-         "--device", "cpu", "--features", "4"]
-    )  # fmt: skip
 
 
 def test_augment_on_device_moves_each_patch_after_the_crop(data_dir: Path, tmp_path: Path) -> None:
@@ -308,8 +311,9 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
     with open(eval_dir / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
-    assert list(metrics[0]) == default + ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                          "confidence_wt", "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    quality = ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "confidence_wt", "d_score_tumour",
+               "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    assert list(metrics[0]) == default + quality
     assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
 
 

@@ -129,7 +129,9 @@ def test_find_cases_msd(msd: Path) -> None:
     layout, cases = find_cases(msd)
     assert layout == "msd" and [c["case_id"] for c in cases] == [f"BRATS_{i:03d}" for i in range(5)]
     assert cases[0] == {
-        "case_id": "BRATS_000", "image": "imagesTr/BRATS_000.nii.gz", "label": "labelsTr/BRATS_000.nii.gz"
+        "case_id": "BRATS_000",
+        "image": "imagesTr/BRATS_000.nii.gz",
+        "label": "labelsTr/BRATS_000.nii.gz",
     }
     _, cases = find_cases(msd, require_label=False)
     assert len(cases) == 7 and cases[-1] == {"case_id": "BRATS_006", "image": "imagesTs/BRATS_006.nii.gz"}

@@ -35,13 +35,20 @@ def cases(dataset: tuple[Path, list[str]]) -> list[dict[str, np.ndarray]]:
     loaded = []
     for cid in ids:
         imgs = {k: nib.load(out / cid / f"{cid}_{k}.nii.gz") for k in KEYS}
-        loaded.append({**{k: np.asarray(img.dataobj) for k, img in imgs.items()}, **{f"img_{k}": v for k, v in imgs.items()}})
+        arrays = {k: np.asarray(img.dataobj) for k, img in imgs.items()}
+        loaded.append({**arrays, **{f"img_{k}": v for k, v in imgs.items()}})
     return loaded
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "CI": "true"}, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "CI": "true"},
+        timeout=120,
+    )
 
 
 def test_layout(dataset: tuple[Path, list[str]]) -> None:
@@ -88,7 +95,8 @@ def test_anatomy_is_the_right_way_round(anatomy: str, shifted: bool) -> None:
     t1, affine = case["t1"].astype(float), case["affine"]
     com = nib.affines.apply_affine(affine, np.argwhere(t1 > 0).mean(0))
     assert np.abs(com - com_mni).max() < 3.0, (com, com_mni)
-    # the atlas T1 resampled without deformation matches; flipped along y or z it does not (the template is L-R symmetric)
+    # the atlas T1 resampled without deformation matches; flipped along y or z it does not (the template is L-R
+    # symmetric)
     ijk = np.indices(t1.shape).reshape(3, -1).T
     vox = nib.affines.apply_affine(np.linalg.inv(mni["affine"]) @ affine, ijk).T
     ref = ndi.map_coordinates(mni["t1"], vox, order=1).reshape(t1.shape)
@@ -101,7 +109,8 @@ def test_contrasts(cases: list[dict]) -> None:
         seg, brain = case["seg"], case["t1"] > 0
         normal = brain & (ndi.binary_dilation(seg > 0, iterations=2) == 0)
         wm = normal & (case["t1"] > np.median(case["t1"][normal]))  # bright on T1: mostly white matter
-        mean = {k: {r: case[k][m].mean() for r, m in (("wm", wm), ("ed", seg == 2), ("et", seg == 4))} for k in MODALITIES}
+        regions = (("wm", wm), ("ed", seg == 2), ("et", seg == 4))
+        mean = {k: {r: case[k][m].mean() for r, m in regions} for k in MODALITIES}
         # drawn as ratios of at least 1.3, 1.4 and 1.15 to WM (APPEARANCES["standard"]); this rough WM mask and the
         # 4 mm partial volume measure them lower (seen here: 1.2, 1.23, 1.29 at the least over 12 cases)
         assert mean["flair"]["ed"] > 1.1 * mean["flair"]["wm"]
@@ -163,8 +172,9 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--num-cases", "0"), ("--spacing", "-2"), ("--spacing", "0"),
-                                             ("--num-cases", "abc")])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--num-cases", "0"), ("--spacing", "-2"), ("--spacing", "0"), ("--num-cases", "abc")]
+)
 def test_cli_bad_arguments(tmp_path: Path, flag: str, value: str) -> None:
     args = {"--output-dir": str(tmp_path / "data"), "--num-cases": "1", "--seed": "0", "--spacing": "4", flag: value}
     result = run_cli(*(f"{k}={v}" for k, v in args.items()))
@@ -173,8 +183,9 @@ def test_cli_bad_arguments(tmp_path: Path, flag: str, value: str) -> None:
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("kwargs", [{"num_cases": 0}, {"num_cases": 2.5}, {"spacing": 0.0}, {"spacing": -1.0},
-                                    {"seed": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"num_cases": 0}, {"num_cases": 2.5}, {"spacing": 0.0}, {"spacing": -1.0}, {"seed": -1}]
+)
 def test_api_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
     args = {"num_cases": 1, "seed": 0, "spacing": SPACING, **kwargs}
     with pytest.raises(ValueError, match=str(next(iter(kwargs.values())))):

@@ -128,6 +128,7 @@ def config_workflow(tmp_path: Path, **overrides) -> ConfigWorkflow:
 
 # ---- geometry ---------------------------------------------------------------------------------------------------
 
+
 def oblique_affine() -> np.ndarray:
     """Anisotropic (1, 1.3, 2) mm voxels, LPS-like axes rotated 10 degrees about z."""
     angle = np.deg2rad(10.0)
@@ -258,7 +259,7 @@ def test_without_a_data_set_the_run_says_so(tmp_path: Path) -> None:
 def class_map_with_et(et_voxels: int) -> MetaTensor:
     classes = torch.zeros(1, 20, 20, 20)
     classes[0, :10] = 2  # oedema
-    classes.view(-1)[: et_voxels] = 3
+    classes.view(-1)[:et_voxels] = 3
     return MetaTensor(classes, meta={"filename_or_obj": "case_t1.nii.gz"})
 
 

@@ -40,6 +40,14 @@ def test_generator_rejects_sizes_not_multiple_of_16() -> None:
         Vox2VoxGenerator(features=2)(torch.randn(1, 4, 32, 32, 20))
 
 
+def test_generator_names_sizes_too_small_for_the_bottleneck_norm() -> None:
+    # 16^3 gives a 1^3 bottleneck, which instance norm cannot normalise; one larger axis is enough for the generator
+    with pytest.raises(ValueError, match=r"spatial sizes \[16, 16, 16\] are too small.*at least 32"):
+        Vox2VoxGenerator(features=2).eval()(torch.randn(1, 4, 16, 16, 16))
+    with torch.no_grad():
+        assert Vox2VoxGenerator(features=2).eval()(torch.randn(1, 4, 16, 32, 16)).shape == (1, 4, 16, 32, 16)
+
+
 @pytest.mark.parametrize("kwargs", [{"features": 0}, {"dropout": 1.0}, {"kernel_size": 1}, {"in_channels": 0}])
 def test_generator_validates_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):

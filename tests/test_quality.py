@@ -132,6 +132,7 @@ def test_uncertainty_is_the_passes_mutual_information() -> None:
     assert out.shape == (1, 5, 4, 2, 2)
     mean, mi = out[:, :4], out[:, 4:]
     passes = [torch.softmax(logits, 1), torch.flip(torch.softmax(logits, 1), [2])]  # the flipped pass, flipped back
+
     # by hand: entropy of the mean minus the mean of the entropies, in nats
     def h(p: torch.Tensor) -> torch.Tensor:
         return -(p * torch.log(p)).sum(dim=1, keepdim=True)
@@ -304,11 +305,13 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path: Path) -> None
     main = benchmark_quality_script().main
 
     root = ["--bundle-root", str(tmp_path)]
-    for argv, message in [(["--calibration-cases", "-1"], "--calibration-cases must be >= 0"),
-                          (["--seed", "1"], "choose another test seed"),
-                          (["--calibration-seed", "0"], "choose another calibration seed"),
-                          (["--seed", "7", "--calibration-seed", "7"], "seeds must differ"),
-                          (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train")]:
+    for argv, message in [
+        (["--calibration-cases", "-1"], "--calibration-cases must be >= 0"),
+        (["--seed", "1"], "choose another test seed"),
+        (["--calibration-seed", "0"], "choose another calibration seed"),
+        (["--seed", "7", "--calibration-seed", "7"], "seeds must differ"),
+        (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train"),
+    ]:
         with pytest.raises(SystemExit, match=message):  # the last: the calibration seed is not used with 0 cases
             main([*root, *argv])
     assert not any(tmp_path.iterdir())  # nothing written

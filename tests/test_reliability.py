@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -19,10 +18,10 @@ from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoints import AtomicCheckpointSaver, _load_latest, training_checkpoints
 from bundle.demo_data import make_dataset
-from helpers import TINY_MODEL, cli_overrides, error_text
 from bundle.losses import Vox2VoxLoss
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
 from bundle.trainer import Vox2VoxTrainer, gan_losses
+from helpers import TINY_MODEL, cli_overrides, error_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -261,4 +260,3 @@ def test_same_seed_gives_the_same_losses(data_dir: Path, tmp_path: Path) -> None
     first = first_losses(data_dir, tmp_path / "a", seed=7)
     assert first_losses(data_dir, tmp_path / "b", seed=7) == first
     assert first_losses(data_dir, tmp_path / "c", seed=8) != first
-

@@ -242,7 +242,7 @@ def test_display_slices_follow_the_radiological_convention(tmp_path: Path) -> No
     assert zooms == spacing
     centre = tuple(int(c) for c in np.argwhere(ras)[0])
     views = report.display_slices(ras, centre, zooms)
-    for view, (image, aspect) in views.items():
+    for view, (image, _aspect) in views.items():
         row, col = np.argwhere(image)[0]
         assert row < image.shape[0] / 4 and col < image.shape[1] / 4, (view, row, col, image.shape)
     assert views["axial"][1] == pytest.approx(1.5) and views["sagittal"][1] == pytest.approx(2.0)
@@ -318,8 +318,7 @@ def test_quality_maps_and_worst_first_ranking(inputs: dict[str, Path], tmp_path:
     for name, values in (("quality", tumour), ("uncertainty", 0.2 * tumour)):
         nib.save(nib.Nifti1Image(values, seg.affine), pred / f"{CASES[0]}_{name}.nii.gz")
     (pred / "quality_ranking.csv").write_text(
-        "rank,case_id,d_score,est_dice_mean\n"
-        f"1,{CASES[1]},0.2,0.412345\n2,{CASES[0]},0.3,0.9\n3,DEMO_09999,0.4,0.95\n"
+        f"rank,case_id,d_score,est_dice_mean\n1,{CASES[1]},0.2,0.412345\n2,{CASES[0]},0.3,0.9\n3,DEMO_09999,0.4,0.95\n"
     )
     out = tmp_path / "report"
     result = run_report("--dataset-dir", str(inputs["data"]), "--predictions-dir", str(pred), "--output-dir", str(out))
@@ -330,7 +329,7 @@ def test_quality_maps_and_worst_first_ranking(inputs: dict[str, Path], tmp_path:
     assert len(with_maps) == 6 and len(without) == 4  # FLAIR + each map below the four segmentation rows
     assert with_maps[4][..., :3].std() > 0.05 and with_maps[5][..., :3].std() > 0.05
     page = (out / "index.html").read_text()
-    table = page[page.index("worst first"):]
+    table = page[page.index("worst first") :]
     assert "0.412" in table and table.index(CASES[1]) < table.index(CASES[0])  # worst first
     assert "DEMO_09999" not in page  # a ranked case that is not rendered is left out
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), seg.affine), pred / f"{CASES[0]}_quality.nii.gz")

@@ -22,14 +22,22 @@ from monai.transforms import (
 )
 from scipy import ndimage as ndi
 
-from helpers import TINY_MODEL, error_text
 from bundle.demo_data import APPEARANCES, MODALITIES, make_case, make_dataset
+from helpers import TINY_MODEL, error_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPACING = 4.0
 #: the per-modality augmentations of the robust set, each drawn once per modality
-MODALITY_AUGMENTATIONS = (RandAdjustContrastd, RandHistogramShiftd, RandBiasFieldd, RandScaleIntensityd,
-                          RandShiftIntensityd, RandGaussianSmoothd, RandSimulateLowResolutiond, RandGaussianNoised)
+MODALITY_AUGMENTATIONS = (
+    RandAdjustContrastd,
+    RandHistogramShiftd,
+    RandBiasFieldd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandGaussianSmoothd,
+    RandSimulateLowResolutiond,
+    RandGaussianNoised,
+)
 
 
 def _flatten(transform: object) -> list[object]:

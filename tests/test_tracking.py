@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_MODEL, cli_overrides
 from bundle.demo_data import make_dataset
+from helpers import TINY_MODEL, cli_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
