@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,13 +81,20 @@ def launch(data_dir: Path, root: Path, **overrides) -> tuple[subprocess.Popen, P
     return process, log
 
 
-def kill_when(process: subprocess.Popen, log: Path, moment: Callable[[str], bool], what: str) -> None:
-    """SIGKILL ``process`` as soon as ``moment(log text)`` holds; fails if the process ends first."""
+def kill_when(
+    process: subprocess.Popen, log: Path, moment: Callable[[str], bool], what: str,
+    also: Callable[[], list[int]] = list,
+) -> None:
+    """SIGKILL ``process`` as soon as ``moment(log text)`` holds, and first the processes whose pids ``also`` gives
+    (read from the log then); fails if the process ends first."""
     deadline = time.monotonic() + 180
     while not moment(log.read_text()):
         assert process.poll() is None, f"training ended before {what}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no {what} after 180 s"
         time.sleep(0.001)
+    for pid in also():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -314,8 +322,8 @@ def test_every_random_transform_of_the_pipeline_is_reseeded_from_seed_and_epoch(
     assert torch.equal(patch(dataset), first)
 
 
-def torchrun(data_dir: Path, root: Path, **overrides) -> subprocess.Popen:
-    """The training on two CPU ranks (gloo) under torchrun, in a session of its own (to kill all its processes)."""
+def torchrun(data_dir: Path, root: Path, **overrides) -> tuple[subprocess.Popen, Path]:
+    """The training on two CPU ranks (gloo) under torchrun, its log in ``root/torchrunN.log``."""
     args = {**RUN, "max_epochs": EPOCHS, "batch_size": 1, "dataset_dir": data_dir, "bundle_root": root, **overrides}
     configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle",
@@ -324,21 +332,22 @@ def torchrun(data_dir: Path, root: Path, **overrides) -> subprocess.Popen:
     root.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-    with (root / f"torchrun{len(list(root.glob('torchrun*.log')))}.log").open("w") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log = root / f"torchrun{len(list(root.glob('torchrun*.log')))}.log"
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env), log
 
 
 def test_ddp_killed_and_resumed_on_as_many_ranks_equals_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
-    """Each rank draws its own stream (seed, epoch, rank); killed (every process of torchrun) after the checkpoint
-    of epoch 2 and resumed on two ranks again, the weights are those of the uninterrupted two-rank run."""
-    assert torchrun(data_dir, tmp_path / "uninterrupted").wait(timeout=300) == 0
-    killed = torchrun(data_dir, tmp_path / "killed")
-    checkpoint = tmp_path / "killed" / "models" / "checkpoint_epoch=2.pt"
-    deadline = time.monotonic() + 240
-    while not checkpoint.is_file():
-        assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint 2"
-        time.sleep(0.005)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert torchrun(data_dir, tmp_path / "killed", resume=True).wait(timeout=300) == 0
+    """Each rank draws its own stream (seed, epoch, rank); every process of the run (both ranks, then torchrun:
+    torchrun starts its workers in sessions of their own, so they outlive it) killed with SIGKILL after the
+    checkpoint of epoch 2, and resumed on two ranks again: the weights are those of the uninterrupted two-rank run."""
+    uninterrupted, log = torchrun(data_dir, tmp_path / "uninterrupted")
+    assert uninterrupted.wait(timeout=300) == 0, log.read_text()[-3000:]
+    killed, log = torchrun(data_dir, tmp_path / "killed")
+    kill_when(killed, log, exists(tmp_path / "killed" / "models" / "checkpoint_epoch=2.pt"), "checkpoint 2",
+              also=lambda: [int(p) for p in re.findall(r"rank \d of 2, local rank \d, pid (\d+)", log.read_text())])
+    assert training_checkpoints(tmp_path / "killed" / "models")[-1].name == "checkpoint_epoch=2.pt"
+    resumed, log = torchrun(data_dir, tmp_path / "killed", resume=True)
+    assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert "resuming from " in log.read_text() and "checkpoint_epoch=2.pt: epoch 2, iteration 4" in log.read_text()
     assert_same_weights(final_weights(tmp_path / "killed"), final_weights(tmp_path / "uninterrupted"))
