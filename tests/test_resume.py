@@ -183,10 +183,10 @@ def test_killed_and_resumed_equals_the_uninterrupted_run(
     assert_same_weights(final_weights(tmp_path), uninterrupted())
 
 
-def test_killed_with_two_workers_and_resumed_equals_the_uninterrupted_run(
+def test_killed_with_two_workers_and_no_cache_and_resumed_equals_the_uninterrupted_run(
     data_dir: Path, tmp_path: Path, uninterrupted: Callable[..., dict]
 ) -> None:
-    settings = {"num_workers": 2, "cache_rate": 0}  # cache_rate 0: see the report (threaded cache fill)
+    settings = {"num_workers": 2, "cache_rate": 0}
     process, log = launch(data_dir, tmp_path, **settings)
     kill_when(process, log, MOMENTS["during an epoch"](tmp_path), "iteration 1 of epoch 3")
     assert training_checkpoints(tmp_path / "models")[-1].name == "checkpoint_epoch=2.pt"  # killed within epoch 3
