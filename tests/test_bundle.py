@@ -64,7 +64,8 @@ def test_training_writes_checkpoints(trained: Path) -> None:
     assert checkpoints == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # the last checkpoints_kept (2)
     state = torch.load(trained / "models" / checkpoints[-1], weights_only=True)
     assert set(state) == {"generator", "discriminator", "optimizer", "d_optimizer", "g_scaler", "d_scaler", "trainer",
-                          "validation"}
+                          "validation", "run"}  # run: the seed and training data a resume is checked against
+    assert state["run"]["random_seed"] == 0 and state["run"]["num_cases"] == 4
     # ignite keeps the iteration count: two epochs of the four training cases in batches of two
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 4
     assert list((trained / "logs").glob("events.out.tfevents.*"))  # TensorBoard
