@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from bundle.checkpoints import LOCK_NAME
 from bundle.demo_data import make_dataset
 from bundle.networks import Vox2VoxGenerator
 from helpers import TINY_MODEL, error_text
@@ -119,7 +120,10 @@ def save_tiny_generator(path: Path, features: int = 4) -> None:
 
 
 def written_files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """What a run wrote under ``folder``, but for the lock file of the run's models folder (held, and left, by a run
+    that stops after it has begun; bundle.checkpoints.lock_run_dir)."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return [f for f in files if Path(f).name != LOCK_NAME]
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))

@@ -72,7 +72,9 @@ def test_training_writes_checkpoints(trained: Path) -> None:
         "d_scaler",
         "trainer",
         "validation",
+        "run",  # the seed and training data a resume is checked against
     }
+    assert state["run"]["random_seed"] == 0 and state["run"]["num_cases"] == 4
     # ignite keeps the iteration count: two epochs of the four training cases in batches of two
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"] == 4
     assert list((trained / "logs").glob("events.out.tfevents.*"))  # TensorBoard
