@@ -554,29 +554,13 @@ def test_no_bundle_file_exceeds_the_size_limit() -> None:
 def unpacked(zoo_trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """make bundle-zip with the trained model.pt as the release's large file, then ``monai.bundle download --url``."""
     dist = tmp_path_factory.mktemp("dist")
-    run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bundle_zip.py"),
-            "--output-dir",
-            str(dist),
-            "--weights-dir",
-            str(zoo_trained),
-        ]
-    )
+    build = [sys.executable, str(ROOT / "scripts" / "bundle_zip.py"), "--output-dir", str(dist)]
+    build += ["--weights-dir", str(zoo_trained)]
+    run(build)
     [archive] = dist.glob("*.zip")
     assert archive.name == f"{bundle_zip.BUNDLE_NAME}_v{metadata()['version']}.zip"
     first = archive.read_bytes()
-    run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bundle_zip.py"),
-            "--output-dir",
-            str(dist),
-            "--weights-dir",
-            str(zoo_trained),
-        ]
-    )
+    run(build)  # the same files again
     assert archive.read_bytes() == first, "the same files gave a different zip"
     members = {info.filename: info for info in zipfile.ZipFile(archive).infolist()}
     assert all(n.startswith(f"{bundle_zip.BUNDLE_NAME}/") for n in members), "the zip must have one base folder"
