@@ -1,6 +1,11 @@
-"""The quality check: which segmentations to distrust, from the trained discriminator and the model's uncertainty.
+"""The quality check: which segmentations to distrust, from the quality critic, the model's uncertainty and the
+trained discriminator.
 
 Per case, on the model's grid (the preprocessed image):
+
+- **critic scores** (with ``models/critic.pt``, :mod:`bundle.critic`): the quality critic's estimated Dice of
+  each region, ``critic_dice_ET`` / ``_TC`` / ``_WT`` and their mean ``critic_dice_mean``, and its map of the
+  probability that the segmentation is wrong at each voxel (``<case_id>_quality.nii.gz`` at inference);
 
 - **discriminator scores**: the conditional discriminator D, trained (LSGAN) to output 1 for (image, reference)
   and 0 for (image, generated segmentation), scores (image, one-hot segmentation) patch by patch. Its patch logits,
@@ -14,10 +19,10 @@ Per case, on the model's grid (the preprocessed image):
 - **baselines**: ``volume_ml``, the segmentation's whole-tumour volume; ``confidence``, the model's mean
   probability of the segmentation's class over the tumour (for the model's own segmentation: its mean maximum
   softmax probability there); ``confidence_wt``, the same for tumour against background.
-- **estimated Dice**: a linear model on the logit of the WT and of the mean (ET, TC, WT) Dice, by default from
-  the uncertainty and the two confidences (:data:`DEFAULT_FEATURES`: on the demo the discriminator's scores carry
-  no information on the Dice, ``docs/quality.md``), fitted on validation cases by :func:`fit_calibration` and
-  stored as JSON (``models/quality_calibration.json``) with the sha256 of the weights it was fitted with.
+- **estimated Dice**: a linear model on the logit of the WT and of the mean (ET, TC, WT) Dice, from the scores
+  of :data:`DEFAULT_FEATURES` (``docs/quality.md`` compares the choices), fitted on validation cases by
+  :func:`fit_calibration` and stored as JSON (``models/quality_calibration.json``) with the sha256 of the weights
+  it was fitted with.
 
 Why one-hot and not the generator's probabilities: in training D saw references as one-hot maps and generated
 segmentations as soft probabilities, so on probabilities it can tell "generated" from the softness alone, whatever
@@ -50,8 +55,10 @@ from monai.transforms import MapTransform
 from scipy import ndimage as ndi
 from scipy.special import expit, logit
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
 from bundle.checkpoints import check_writable_folder
+from bundle.critic import CRITIC_SCORE_NAMES, QualityCritic, critic_dice, error_map, region_masks
 from bundle.datalist import case_id_from_path
 from bundle.handlers import write_atomically
 from bundle.inference import load_generator_weights, save_map_on_input_grid
@@ -92,7 +99,7 @@ LOW_QUANTILE = 0.05  # d_score_low: this quantile of D over the brain, the least
 LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
 CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
 SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour",
-                                "confidence_wt")  # fmt: skip
+                                "confidence_wt", *CRITIC_SCORE_NAMES)  # fmt: skip
 #: what the estimated Dice is fitted on by default: the model's uncertainty and its confidence in the segmentation.
 #: Not the discriminator's scores: on held-out demo cases they carry no information on the Dice (Spearman about 0)
 #: and, added to these, make the ranking of the model's own segmentations worse (docs/quality.md); they can be
@@ -128,9 +135,10 @@ class Corruption:
     classes: np.ndarray
 
 
-def _ball(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
+def _within(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The voxels within ``radius`` voxels (Euclidean) of ``mask``: its dilation by a ball, from one distance
+    transform (linear in the volume; a ball-shaped structuring element costs its volume per voxel)."""
+    return ndi.distance_transform_edt(~mask) <= radius if mask.any() else np.zeros_like(mask)
 
 
 def _distance(tumour: np.ndarray, level: int) -> int:
@@ -144,9 +152,9 @@ def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng:
     k = _distance(tumour, level)
     out = classes.copy()
     if kind == "erosion":  # the tumour's rim is lost to background
-        out[tumour & ~ndi.binary_erosion(tumour, _ball(k))] = BACKGROUND
+        out[tumour & _within(~tumour, k)] = BACKGROUND  # within k of the background
     elif kind == "dilation":  # a rim of oedema around the tumour, within the brain
-        out[ndi.binary_dilation(tumour, _ball(k)) & ~tumour & brain] = ED
+        out[_within(tumour, k) & ~tumour & brain] = ED
     elif kind == "shift":  # the whole segmentation moved by k voxels along a random axis and direction
         axis, sign = int(rng.integers(3)), int(rng.choice([-1, 1]))
         out = np.zeros_like(classes)
@@ -171,7 +179,7 @@ def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng:
             out[tumour & (index >= cut)] = BACKGROUND
     elif kind == "extra":  # a false lesion elsewhere in the brain: oedema around an enhancing core
         radius = max(1, _distance(tumour, level))
-        candidates = np.argwhere(brain & ~ndi.binary_dilation(tumour, _ball(radius + 1)))
+        candidates = np.argwhere(brain & ~_within(tumour, radius + 1))
         if len(candidates):
             centre = candidates[rng.integers(len(candidates))]
             grid = np.indices(classes.shape).reshape(3, -1).T
@@ -246,6 +254,8 @@ class QualityScorer:
 
     Args:
         discriminator: the trained ``Vox2VoxDiscriminator`` (weights loaded, e.g. by :func:`load_discriminator`).
+        critic: the trained quality critic (:func:`bundle.critic.load_critic`) or ``None``: no error map and no
+            ``critic_dice`` scores (NaN).
         calibration: a calibration dict (:func:`load_calibration`) or ``None``: estimated Dice left empty.
         spacing: voxel size (mm) of the model's grid, for ``volume_ml``.
         discriminator_input: ``onehot`` (default, see the module docstring) or ``probabilities`` (the generator's,
@@ -258,15 +268,19 @@ class QualityScorer:
         calibration: Mapping[str, Any] | None = None,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         discriminator_input: str = "onehot",
+        critic: QualityCritic | None = None,
     ) -> None:
         if not isinstance(discriminator, nn.Module):
             raise TypeError(f"discriminator must be a torch.nn.Module, got {type(discriminator).__name__}")
+        if critic is not None and not isinstance(critic, QualityCritic):
+            raise TypeError(f"critic must be a bundle.critic.QualityCritic or None, got {type(critic).__name__}")
         if discriminator_input not in ("onehot", "probabilities"):
             raise ValueError(f"discriminator_input must be 'onehot' or 'probabilities', got {discriminator_input!r}")
         spacing = tuple(float(s) for s in spacing)
         if len(spacing) != 3 or not all(s > 0 for s in spacing):
             raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {spacing!r}")
         self.discriminator = discriminator.eval()
+        self.critic = critic.eval() if critic is not None else None
         self.calibration = dict(calibration) if calibration is not None else None
         self.spacing = spacing
         self.discriminator_input = discriminator_input
@@ -291,19 +305,22 @@ class QualityScorer:
         classes: torch.Tensor | np.ndarray,
         probabilities: torch.Tensor | None = None,
         uncertainty: torch.Tensor | None = None,
-    ) -> tuple[dict[str, float], torch.Tensor]:
-        """The scores of the class map ``classes`` (``(*spatial)`` or ``(1, *spatial)``) of ``image`` and its
-        implausibility map ``1 - D`` (``(1, *spatial)``). ``probabilities`` (the model's mean, ``(4, *spatial)``)
-        and ``uncertainty`` (mutual information, ``(1, *spatial)``) give the uncertainty and confidence scores
-        (NaN without them); the estimated Dice needs a calibration (NaN without)."""
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The scores of the class map ``classes`` (``(*spatial)`` or ``(1, *spatial)``) of ``image``, and its maps
+        (``(1, *spatial)`` each): ``implausibility``, D's ``1 - D``, and with a critic ``quality``, the critic's
+        probability that the segmentation is wrong at each voxel. ``probabilities`` (the model's mean,
+        ``(4, *spatial)``) and ``uncertainty`` (mutual information, ``(1, *spatial)``) give the uncertainty and
+        confidence scores (NaN without them); the estimated Dice needs a calibration (NaN without)."""
         image = torch.as_tensor(image).detach().cpu().float()
         classes = torch.as_tensor(np.asarray(classes) if isinstance(classes, np.ndarray) else classes).detach().cpu()
         classes = classes.reshape(image.shape[1:]).long()
+        onehot = F.one_hot(classes, NUM_CLASSES).permute(3, 0, 1, 2).float()
         if self.discriminator_input == "probabilities" and probabilities is not None:
             segmentation = torch.as_tensor(probabilities).detach().cpu().float()
         else:
-            segmentation = F.one_hot(classes, NUM_CLASSES).permute(3, 0, 1, 2).float()
+            segmentation = onehot
         d = self.plausibility(image, segmentation)[0]
+        maps = {"implausibility": (1.0 - d)[None]}
         brain = (image != 0).any(dim=0)
         d_brain = d[brain] if brain.any() else d.flatten()
         scores = {
@@ -333,8 +350,23 @@ class QualityScorer:
                 scores["uncertainty"] = float(mi[possibly_tumour].mean()) if possibly_tumour.any() else 0.0
         # D where it matters: over the segmentation's tumour and wherever the model sees possible tumour
         scores["d_score_tumour"] = float(d[region].mean()) if region.any() else scores["d_score"]
+        scores.update(dict.fromkeys(CRITIC_SCORE_NAMES, math.nan))
+        if self.critic is not None:
+            critic_scores, maps["quality"] = self.criticise(image, onehot, classes)
+            scores.update(critic_scores)
         scores.update(apply_calibration(self.calibration, scores))
-        return scores, (1.0 - d)[None]
+        return scores, maps
+
+    def criticise(self, image: torch.Tensor, onehot: torch.Tensor, classes: torch.Tensor
+                  ) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
+        """The critic's estimated Dice of each region (and their mean) and its error map ``(1, *spatial)``."""
+        device = next(self.critic.parameters()).device
+        regions = region_masks(classes[None])
+        with torch.no_grad():
+            logits = self.critic(image[None].to(device), onehot[None].to(device)).float().cpu()
+        dice = critic_dice(logits, regions)[0].tolist()
+        scores = dict(zip(CRITIC_SCORE_NAMES, [*dice, float(np.mean(dice))]))
+        return scores, error_map(logits, regions)[0]
 
 
 # ---- calibration ------------------------------------------------------------------------------------------------
@@ -418,8 +450,12 @@ def _file_digest(path: str | os.PathLike[str]) -> str:
 WeightsPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
+def _paths_list(paths: WeightsPaths) -> list[str | os.PathLike]:
+    return [] if paths is None else [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
 def _paths_text(paths: WeightsPaths) -> str:
-    return os.fspath(paths) if isinstance(paths, (str, os.PathLike)) else ", ".join(map(os.fspath, paths or []))
+    return ", ".join(map(os.fspath, _paths_list(paths)))
 
 
 def weights_digests(weights: Mapping[str, WeightsPaths]) -> dict[str, str]:
@@ -431,9 +467,7 @@ def weights_digests(weights: Mapping[str, WeightsPaths]) -> dict[str, str]:
     for role, paths in weights.items():
         if paths is None:
             continue
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        files = [_file_digest(path) for path in paths]
+        files = [_file_digest(path) for path in _paths_list(paths)]
         digests[role] = files[0] if len(files) == 1 else hashlib.sha256("".join(sorted(files)).encode()).hexdigest()
     return digests
 
@@ -476,8 +510,10 @@ def load_calibration(
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"quality calibration {path} cannot be read: {error}") from error
     fitted_with = calibration.get("weights", {})
-    now = weights_digests({role: p for role, p in (weights or {}).items() if role in fitted_with})
-    changed = sorted(role for role, digest in now.items() if digest != fitted_with[role])
+    current = {role: p for role, p in (weights or {}).items() if role in fitted_with}
+    gone = {role for role, p in current.items() if not all(os.path.isfile(f) for f in _paths_list(p))}
+    now = weights_digests({role: p for role, p in current.items() if role not in gone})
+    changed = sorted(gone | {role for role, digest in now.items() if digest != fitted_with[role]})
     if changed:
         files = ", ".join(f"{_paths_text(weights[role])} ({role})" for role in changed)  # type: ignore[index]
         unusable(f"quality calibration {path} was fitted with other weights than {files}: run `calibrating` again "
@@ -507,6 +543,16 @@ def top_fraction_recall(scores: Sequence[float], truth: Sequence[float], fractio
     worst_true = set(np.argsort(truth, kind="stable")[:n].tolist())
     worst_scored = set(np.argsort(scores, kind="stable")[:n].tolist())
     return len(worst_true & worst_scored) / n
+
+
+def voxel_auroc(scores: torch.Tensor, wrong: torch.Tensor) -> float:
+    """Area under the ROC curve of a voxel map ``scores`` against the true error mask ``wrong`` (same voxels,
+    flattened): how well the map tells wrong voxels from right ones. NaN when every voxel is right (or every one
+    wrong). scikit-learn's, not MONAI's ``compute_roc_auc``, which loops in Python over every voxel."""
+    wrong = torch.as_tensor(wrong).flatten().numpy().astype(bool)
+    if wrong.size == 0 or wrong.all() or not wrong.any():
+        return math.nan
+    return float(roc_auc_score(wrong, torch.as_tensor(scores).flatten().numpy()))
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -545,8 +591,10 @@ class QualityScored(MapTransform):
     """Scores the prediction of each case (:class:`QualityScorer`) on the model's grid, before ``Invertd``.
 
     Reads the preprocessed ``image_key``, the class probabilities ``keys`` and the mutual information
-    ``uncertainty_key``; writes the implausibility map to ``quality_key`` and the scores (with the case id, from
-    the image's file name) to ``scores_key``.
+    ``uncertainty_key``; writes the critic's error map to ``quality_key`` (when the scorer has a critic) and the
+    scores (with the case id, from the image's file name) to ``scores_key``. With ``result_key`` the scores also go
+    to ``<result_key>["quality"]`` (NaN as null): MONAI Label returns ``data["result"]`` as the inference result's
+    params, so its users see the estimated Dice of each segmentation.
     """
 
     def __init__(
@@ -557,6 +605,7 @@ class QualityScored(MapTransform):
         uncertainty_key: str = "uncertainty",
         quality_key: str = "quality",
         scores_key: str = "quality_scores",
+        result_key: str | None = "result",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -564,18 +613,22 @@ class QualityScored(MapTransform):
             raise TypeError(f"scorer must be a bundle.quality.QualityScorer, got {type(scorer).__name__}")
         self.scorer = scorer
         self.image_key, self.uncertainty_key = image_key, uncertainty_key
-        self.quality_key, self.scores_key = quality_key, scores_key
+        self.quality_key, self.scores_key, self.result_key = quality_key, scores_key, result_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             probs = torch.as_tensor(d[key]).detach().float()
             classes = probs.argmax(dim=0)
-            scores, implausibility = self.scorer.score(d[self.image_key], classes, probs, d.get(self.uncertainty_key))
-            d[self.quality_key] = implausibility.to(probs.device)
+            scores, maps = self.scorer.score(d[self.image_key], classes, probs, d.get(self.uncertainty_key))
+            if "quality" in maps:
+                d[self.quality_key] = maps["quality"].to(probs.device)
             reference = getattr(d[self.image_key], "meta", {}).get("filename_or_obj")
             case_id = case_id_from_path(str(reference)) if reference else None
             d[self.scores_key] = {"case_id": case_id, **scores}
+            if self.result_key is not None:
+                finite = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
+                d[self.result_key] = {**dict(d.get(self.result_key) or {}), "quality": finite}
         return d
 
 
@@ -712,8 +765,11 @@ class QualityCaseTable:
         segmentations += [(c.kind, c.level, c.classes) for c in corruptions(ref, brain, rng, levels=self.levels)]
         rows = []
         for source, level, classes in segmentations:
-            scores, _ = self.scorer.score(image, classes, probs, uncertainty)
+            scores, maps = self.scorer.score(image, classes, probs, uncertainty)
             row = {"case_id": case_id, "source": source, "level": level, **region_dice(classes, ref), **scores}
+            wrong = torch.as_tensor(classes != ref)[torch.as_tensor(brain)]
+            for name, key in (("critic_auroc", "quality"), ("d_auroc", "implausibility")):
+                row[name] = voxel_auroc(maps[key][0][torch.as_tensor(brain)], wrong) if key in maps else math.nan
             if source == "prediction":  # what D makes of the generator's own probabilities (kind it saw as fake)
                 row["d_score_probabilities"] = float(self.scorer.plausibility(image, probs)[0][
                     (image != 0).any(dim=0)].mean())  # fmt: skip
@@ -738,7 +794,9 @@ class QualityCaseTable:
         calibration = fit_calibration(fit_rows, self.features)
         calibration["cases"] = sorted({str(r["case_id"]) for r in self.rows})
         calibration["rows"] = "per case: the prediction, the reference and corruptions " + ", ".join(CORRUPTION_KINDS)
-        calibration["weights"] = weights_digests(self.weights)
+        # the critic's file only where the scorer has one: its scores are among the rows
+        calibration["weights"] = weights_digests({role: path for role, path in self.weights.items()
+                                                  if role != "critic" or self.scorer.critic is not None})  # fmt: skip
         save_calibration(self.calibration_file, calibration)
         fit = {t: round(m["spearman"], 3) for t, m in calibration["targets"].items()}
         logger.info(f"quality calibration on {len(calibration['cases'])} cases ({len(self.rows)} rows; in-sample "

@@ -46,7 +46,7 @@ QUALITY_RANKING = "quality_ranking.csv"  # the quality check's worst-first list,
 #: colour scales of the maps: implausibility 1 - D from 0 (looks like a reference) to 1 (looks generated); the
 #: passes' mutual information in nats, up to a fifth of its maximum ln 4 (four classes): clearer contrast
 QUALITY_MAP_RANGES: dict[str, tuple[float, float]] = {"quality": (0.0, 1.0), "uncertainty": (0.0, 0.28)}
-QUALITY_MAP_TITLES: dict[str, str] = {"quality": "implausibility (1 - D)", "uncertainty": "uncertainty (TTA MI)"}
+QUALITY_MAP_TITLES: dict[str, str] = {"quality": "critic: P(wrong here)", "uncertainty": "uncertainty (TTA MI)"}
 #: short names and overlay colours of the tumour classes 1..3 (NCR/NET, ED, ET)
 CLASS_SHORT_NAMES: tuple[str, str, str] = ("NCR/NET", "ED", "ET")
 CLASS_COLOURS: tuple[str, str, str] = ("#e8262b", "#2fbf4a", "#ffd400")  # red, green, yellow: the usual BraTS look

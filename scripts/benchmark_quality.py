@@ -1,18 +1,23 @@
 """Benchmark of the quality check (docs/quality.md): do its scores rank segmentations by their true Dice?
 
-On held-out demo cases that share nothing with the training data (made with another seed), it scores, per case,
-the trained model's prediction, the reference and graded corruptions of the reference (bundle.quality.corruptions)
-with the bundle's own ``calibrating`` run (``--fit_calibration false``: rows only), then reports for each score
-the Spearman correlation with the true Dice and how many of the truly worst 10 % of segmentations are among the
-worst-scored 10 %. The calibration is fitted beforehand, never on the test cases: by default with the bundle's
-``calibrating`` run on ``--calibration-cases`` fresh validation cases (another seed, never used for training),
-written to ``<output-dir>/quality_calibration.json``; with ``--calibration-cases 0``, the demo's own calibration on
-its validation fold (``<bundle-root>/models/quality_calibration.json``, fitted here if missing; the demo's fold
-holds 4 cases). Further calibrations on the same validation rows, from other scores, show what each adds.
+On two sets of test cases that share nothing with the training data, held-out demo cases (another seed) and
+shifted cases (``make_demo_data.py --shifted true``: another brain, other contrasts and acquisitions, where the
+model's own predictions fail as they do on another scanner's images), it scores, per case, the trained model's
+prediction, the reference and graded corruptions of the reference (bundle.quality.corruptions) with the bundle's
+own ``calibrating`` run (``--fit_calibration false``: rows only). For each score, side by side: predicted volume,
+confidence, uncertainty, the GAN's discriminator, the quality critic (``models/critic.pt``, trained here with the
+bundle's ``training_critic`` if missing) and the calibrated combinations, it reports the Spearman correlation with
+the true Dice (over all rows and over the model's own predictions), how many of the truly worst 10 % of
+segmentations are among the worst-scored 10 %, and the voxel AUROC of the error maps against the true error map.
+The calibration is fitted beforehand, never on the test cases: by default with the bundle's ``calibrating`` run
+on ``--calibration-cases`` fresh validation cases (another seed, never used for training), written to
+``<output-dir>/quality_calibration.json``; with ``--calibration-cases 0``, the demo's own calibration on its
+validation fold (``<bundle-root>/models/quality_calibration.json``, fitted here if missing; the demo's fold holds
+4 cases). Further calibrations on the same validation rows, from other scores, show what each adds.
 
-    python scripts/benchmark_quality.py --bundle-root demo [--num-cases 10] [--seed 100] [--calibration-cases 10]
+    python scripts/benchmark_quality.py --bundle-root demo [--num-cases 10] [--num-shifted-cases 20]
 
-Writes ``<output-dir>/rows.csv`` (every scored segmentation), ``results.json`` and ``table.md``.
+Writes ``<output-dir>/rows_<set>.csv`` (every scored segmentation), ``results.json`` and ``table.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ sys.path.insert(0, str(ROOT))  # make `bundle` importable
 from bundle.quality import apply_calibration, fit_calibration, load_calibration, top_fraction_recall  # noqa: E402
 
 DEMO_SPACING_MM = 2.0  # the demo's grid (scripts/demo.py)
-TEST_SEED = 100  # demo.py makes training data with seed 0 and test data with seed 1: 100 shares no case with them
+TEST_SEED = 100  # demo.py makes training data with seed 0, test data with 1, shifted 2: 100 shares no case with them
+SHIFTED_SEED = 300  # the shifted test cases (demo_data's shifted appearance)
 CALIBRATION_SEED = 200  # the fresh validation cases of the calibration: none shared with training or test
 WORST_FRACTION = 0.1
 #: each score, the true Dice it is compared with, and whether a higher score means a better segmentation
@@ -52,13 +58,17 @@ SCORES: dict[str, tuple[str, bool, str]] = {
     "volume_ml": ("dice_mean", True, "baseline: whole-tumour volume of the segmentation"),
     "confidence": ("dice_mean", True, "baseline: model's mean softmax probability of the segmentation's classes"),
     "confidence_wt": ("dice_WT", True, "baseline: model's mean probability of tumour / background as segmented"),
+    "critic_dice_mean": ("dice_mean", True, "the quality critic's estimated mean Dice (alone, uncalibrated)"),
+    "critic_dice_WT": ("dice_WT", True, "the quality critic's estimated WT Dice"),
 }
+#: the voxel maps whose AUROC against the true error map (segmentation != reference, in the brain) is reported
+MAPS: dict[str, str] = {"critic_auroc": "the critic's error map", "d_auroc": "the discriminator's 1 - D"}
 
 
-def bundle_run(bundle_root: Path, configs: Sequence[str], *overrides: str) -> None:
-    """``python -m monai.bundle run calibrating`` with ``configs``; stops the benchmark if it fails."""
+def bundle_run(bundle_root: Path, configs: Sequence[str], *overrides: str, workflow: str = "calibrating") -> None:
+    """``python -m monai.bundle run <workflow>`` with ``configs``; stops the benchmark if it fails."""
     config_list = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "calibrating", "--config_file", config_list,
+    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config_list,
            "--meta_file", str(ROOT / "configs/metadata.json"), "--logging_file", str(ROOT / "configs/logging.conf"),
            "--bundle_root", str(bundle_root), *overrides]  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
@@ -81,11 +91,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 D_SCORES = ("d_score", "d_score_low", "d_score_tumour")
 D_AND_UNCERTAINTY = (*D_SCORES, "uncertainty")
 CONFIDENCE_ONLY = ("confidence", "confidence_wt")
-WITH_D = (*D_SCORES, "uncertainty", "confidence", "confidence_wt")
+WITHOUT_CRITIC = ("uncertainty", "confidence", "confidence_wt")  # the bundle's calibration before the critic
+WITH_D = (*D_SCORES, *WITHOUT_CRITIC)
+CRITIC_ONLY = ("critic_dice_mean", "critic_dice_WT")
+WITH_CRITIC = (*WITHOUT_CRITIC, *CRITIC_ONLY)
 COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
     f"est_{short}_{name}": (features, target)
     for name, features in (("d_and_uncertainty", D_AND_UNCERTAINTY), ("confidence_only", CONFIDENCE_ONLY),
-                           ("with_d", WITH_D))
+                           ("without_critic", WITHOUT_CRITIC), ("with_d", WITH_D), ("critic_only", CRITIC_ONLY),
+                           ("with_critic", WITH_CRITIC))
     for short, target in (("mean", "dice_mean"), ("WT", "dice_WT"))
 }  # fmt: skip
 
@@ -117,6 +131,13 @@ def summarise(
             entry[group] = {"n": len(pairs), "spearman": float(spearmanr(oriented, dice).statistic),
                             "worst10_recall": top_fraction_recall(oriented, dice, WORST_FRACTION)}  # fmt: skip
         results["scores"][name] = entry
+    results["maps"] = {}
+    for name, description in MAPS.items():  # mean voxel AUROC per segmentation (NaN where nothing is wrong)
+        entry = {"description": description}
+        for group, members in groups.items():
+            values = [r[name] for r in members if math.isfinite(r.get(name, math.nan))]
+            entry[group] = {"n": len(values), "auroc": float(np.mean(values)) if values else math.nan}
+        results["maps"][name] = entry
     # what D makes of each kind of input: references (one-hot), predictions one-hot, predictions as probabilities
     by_source = {
         "reference (one-hot)": [r["d_score"] for r in rows if r["source"] == "reference"],
@@ -144,17 +165,22 @@ def markdown_table(results: dict[str, Any]) -> str:
         a, p = entry["all"], entry["predictions"]
         lines.append(f"| `{name}` | {entry['truth']} | {a['spearman']:.3f} | {a['worst10_recall']:.2f} | "
                      f"{p['spearman']:.3f} | {entry['description']} |")  # fmt: skip
+    lines += ["", "| voxel map | mean AUROC (all) | mean AUROC (model's predictions) |", "| --- | --- | --- |"]
+    lines += [f"| {e['description']} (`{name}`) | {e['all']['auroc']:.3f} | {e['predictions']['auroc']:.3f} |"
+              for name, e in results.get("maps", {}).items()]  # fmt: skip
     lines += ["", "| D's input | mean D (1 = looks like a reference) |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in results["d_by_input"].items()]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Calibrate if needed, make the held-out cases, score them, summarise."""
+    """Train the critic and calibrate if needed, make the held-out and shifted cases, score them, summarise."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle-root", default="demo", help="a trained demo (scripts/demo.py): models/, data/")
     parser.add_argument("--num-cases", type=int, default=10, help="held-out test cases to make and score")
-    parser.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the held-out cases (not 0 or 1)")
+    parser.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the held-out cases (not 0, 1 or 2)")
+    parser.add_argument("--num-shifted-cases", type=int, default=20, help="shifted test cases (0: none)")
+    parser.add_argument("--shifted-seed", type=int, default=SHIFTED_SEED, help="their seed (not 0, 1 or 2)")
     parser.add_argument("--output-dir", help="results folder (default <bundle-root>/quality_benchmark)")
     parser.add_argument("--tta-flip-axes", default="[0,1,2]", help="flip TTA axes, the same for calibration")
     parser.add_argument(
@@ -164,21 +190,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fresh validation cases to calibrate on; 0: the demo's own calibration (its fold)",
     )
     parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="their seed")
+    parser.add_argument("--critic-epochs", type=int, help="epochs of training_critic where models/critic.pt is "
+                        "missing (default: configs/critic.yaml's)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.calibration_cases < 0:
-        raise SystemExit(f"benchmark_quality: --calibration-cases must be >= 0, got {args.calibration_cases}")
-    seeds = {"test": args.seed, "calibration": args.calibration_seed} if args.calibration_cases else {"test": args.seed}
+    for name in ("calibration_cases", "num_shifted_cases"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"benchmark_quality: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.num_cases < 1 or (args.critic_epochs is not None and args.critic_epochs < 1):
+        raise SystemExit("benchmark_quality: --num-cases and --critic-epochs must be >= 1")
+    seeds = {"test": args.seed}
+    seeds.update({"shifted": args.shifted_seed} if args.num_shifted_cases else {})
+    seeds.update({"calibration": args.calibration_seed} if args.calibration_cases else {})
     for name, seed in seeds.items():
-        if seed in (0, 1):
-            raise SystemExit(f"benchmark_quality: seeds 0 and 1 made the demo's training and test data: choose "
-                             f"another {name} seed")  # fmt: skip
-    if args.calibration_cases and args.seed == args.calibration_seed:
-        raise SystemExit("benchmark_quality: the test and calibration seeds must differ")
+        if seed in (0, 1, 2):
+            raise SystemExit(f"benchmark_quality: seeds 0, 1 and 2 made the demo's training, test and shifted data: "
+                             f"choose another {name} seed")  # fmt: skip
+    if len(set(seeds.values())) < len(seeds):
+        raise SystemExit(f"benchmark_quality: the test, shifted and calibration seeds must differ, got {seeds}")
     root = Path(args.bundle_root).resolve()
     out = Path(args.output_dir).resolve() if args.output_dir else root / "quality_benchmark"
     for needed in (root / "models/model.pt", root / "models/discriminator.pt", root / "datalist.json"):
         if not needed.is_file():
             raise SystemExit(f"benchmark_quality: {needed} not found: train the demo first (make demo)")
+    data = ["--dataset_dir", str(root / "data"), "--datalist_file", str(root / "datalist.json")]
+    if not (root / "models/critic.pt").is_file():  # on the demo's training cases, as a user trains it
+        epochs = ["--critic_max_epochs", str(args.critic_epochs)] if args.critic_epochs else []
+        critic_configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "demo", "evaluate", "critic")]
+        bundle_run(root, critic_configs, *data, *epochs, workflow="training_critic")
     configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "demo", "evaluate", "quality")]
     flips = ["--tta_flip_axes", args.tta_flip_axes]
     from bundle.demo_data import make_dataset
@@ -202,30 +240,40 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "rerun `calibrating` with --overwrite_calibration true, or pass --calibration-cases N"
             )
         if not calibration_file.is_file():
-            bundle_run(root, configs, "--dataset_dir", str(root / "data"), "--datalist_file",
-                       str(root / "datalist.json"), *flips)  # fmt: skip
-    test_dir = out / f"test_seed{args.seed}_{args.num_cases}cases"  # by seed and count: a rerun reuses only its own
-    if not test_dir.is_dir():
-        make_dataset(test_dir, num_cases=args.num_cases, seed=args.seed, spacing=DEMO_SPACING_MM)
-    rows_csv = out / "rows.csv"
-    bundle_run(root, configs, "--dataset_dir", str(test_dir), "--num_folds", "1",
-               "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
-               "--eval_dir", str(out), *flips)  # fmt: skip
+            bundle_run(root, configs, *data, *flips)
     calibration = load_calibration(calibration_file, required=True)
     calibration_rows = read_rows(calibration_rows_csv)
-    results = summarise(read_rows(rows_csv), calibration, calibration_rows)
+    test_sets = {"held-out": (args.num_cases, args.seed, False), "shifted": (args.num_shifted_cases,
+                                                                           args.shifted_seed, True)}  # fmt: skip
+    results: dict[str, Any] = {"sets": {}}
+    tables = []
+    for name, (count, seed, shifted) in test_sets.items():
+        if not count:
+            continue
+        # by kind, seed and count: a rerun reuses only its own cases
+        test_dir = out / f"{'shifted' if shifted else 'test'}_seed{seed}_{count}cases"
+        if not test_dir.is_dir():
+            make_dataset(test_dir, num_cases=count, seed=seed, spacing=DEMO_SPACING_MM, shifted=shifted)
+        rows_csv = out / f"rows_{name}.csv"
+        bundle_run(root, configs, "--dataset_dir", str(test_dir), "--num_folds", "1",
+                   "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
+                   "--eval_dir", str(out / f"eval_{name}"), *flips)  # fmt: skip
+        results["sets"][name] = {"test_cases": str(test_dir),
+                                 **summarise(read_rows(rows_csv), calibration, calibration_rows)}  # fmt: skip
+        summary = results["sets"][name]
+        tables.append(f"### {name} cases ({summary['num_cases']} cases, {summary['num_rows']} segmentations)\n\n"
+                      + markdown_table(summary))  # fmt: skip
     results.update({
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores)",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "scripts/benchmark_quality.py", *(argv or sys.argv[1:])]),
         "calibration": {"file": str(calibration_file), "cases": calibration.get("cases"),
                         "num_rows": calibration["num_rows"], "fit_date": calibration["fit_date"]},
-        "test_cases": str(test_dir),
     })  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown_table(results)
+    table = "\n".join(tables)
     (out / "table.md").write_text(table)
-    print(f"\n{results['num_cases']} held-out cases, {results['num_rows']} scored segmentations\n\n{table}")
+    print(f"\n{table}")
 
 
 if __name__ == "__main__":

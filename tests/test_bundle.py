@@ -257,7 +257,39 @@ def test_training_writes_the_best_discriminator(trained: Path) -> None:
     assert any(all(torch.equal(c[k], weights[k]) for k in weights) for c in checkpoints)
 
 
-def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+CRITIC_SCORES = ["critic_dice_ET", "critic_dice_TC", "critic_dice_WT", "critic_dice_mean"]
+CRITIC_CONFIGS = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}','{CONFIGS / 'critic.yaml'}']"
+
+
+@pytest.fixture(scope="module")
+def critic(trained: Path, data_dir: Path) -> Path:
+    """``models/critic.pt`` of the trained fixture, after one epoch of ``monai.bundle run training_critic``."""
+    run(bundle_cmd("run", "training_critic", "--config_file", CRITIC_CONFIGS, "--dataset_dir", str(data_dir),
+                   "--bundle_root", str(trained), "--num_folds", "3", "--critic_max_epochs", "1", *TINY))  # fmt: skip
+    return trained / "models" / "critic.pt"
+
+
+def test_critic_trains_from_config_alone_and_is_not_replaced_unasked(critic: Path, trained: Path,
+                                                                     data_dir: Path) -> None:  # fmt: skip
+    from bundle.critic import QualityCritic
+    from bundle.networks import Vox2VoxDiscriminator
+
+    weights = torch.load(critic, weights_only=True)
+    QualityCritic(Vox2VoxDiscriminator(in_channels=8, channels=4)).load_state_dict(weights, strict=True)
+    discriminator = torch.load(trained / "models" / "discriminator.pt", weights_only=True)
+    assert not torch.equal(weights["body.initial_conv.conv.weight"], discriminator["initial_conv.conv.weight"])
+    assert [p.name for p in critic.parent.iterdir() if p.name.startswith(".critic")] == []  # no temporary file
+    again = subprocess.run(bundle_cmd("run", "training_critic", "--config_file", CRITIC_CONFIGS, "--dataset_dir",
+                                      str(data_dir), "--bundle_root", str(trained), "--num_folds", "3", *TINY),
+                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert again.returncode != 0
+    assert f"quality critic {critic} exists: pass --overwrite_critic true" in again.stderr + again.stdout
+    assert all(torch.equal(v, weights[k]) for k, v in torch.load(critic, weights_only=True).items())
+
+
+def test_quality_check_calibrates_infers_and_evaluates(
+    trained: Path, critic: Path, data_dir: Path, tmp_path: Path
+) -> None:
     """calibrating on the validation fold, then inference and evaluating with --quality true, as a user runs them."""
     configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'evaluate.yaml'}','{CONFIGS / 'quality.yaml'}']"
     rows_csv = tmp_path / "calibration_rows.csv"
@@ -266,7 +298,7 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
                    "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
     calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
     assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt"]
-    assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator"}
+    assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator", "critic"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
     assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3
     with open(rows_csv) as f:
@@ -295,11 +327,15 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
             np.testing.assert_allclose(image.affine, t1.affine)
             assert np.all(np.isfinite(image.get_fdata()))
         assert np.all(nib.load(out / f"{case}_uncertainty.nii.gz").get_fdata() >= 0)
+        wrong = nib.load(out / f"{case}_quality.nii.gz").get_fdata()  # the critic's probability of an error
+        assert 0.0 <= wrong.min() and wrong.max() <= 1.0 and wrong.max() > wrong.min()
     with open(out / "quality.csv") as f:
         quality = list(csv.DictReader(f))
     assert [r["case_id"] for r in quality] == cases
     assert list(quality[0]) == ["case_id", "d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                "confidence_wt", "d_score_tumour", "est_dice_WT", "est_dice_mean"]  # fmt: skip
+                                "confidence_wt", "d_score_tumour", *CRITIC_SCORES, "est_dice_WT",
+                                "est_dice_mean"]  # fmt: skip
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in CRITIC_SCORES)
     assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in ("est_dice_WT", "est_dice_mean"))
     with open(out / "quality_ranking.csv") as f:
         ranking = list(csv.DictReader(f))
@@ -314,7 +350,7 @@ def test_quality_check_calibrates_infers_and_evaluates(trained: Path, data_dir: 
         metrics = list(csv.DictReader(f))
     default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
     quality = ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "confidence_wt", "d_score_tumour",
-               "est_dice_WT", "est_dice_mean"]  # fmt: skip
+               *CRITIC_SCORES, "est_dice_WT", "est_dice_mean"]  # fmt: skip
     assert list(metrics[0]) == default + quality
     assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
 

@@ -98,7 +98,9 @@ def test_discriminator_map_is_on_the_image_grid() -> None:
     classes = torch.zeros(36, 44, 40, dtype=torch.long)
     classes[10:20, 10:20, 10:20] = 2
     probs = torch.softmax(torch.randn(4, 36, 44, 40), dim=0)
-    scores, implausibility = scorer.score(image, classes, probs, torch.rand(1, 36, 44, 40))
+    scores, maps = scorer.score(image, classes, probs, torch.rand(1, 36, 44, 40))
+    implausibility = maps["implausibility"]
+    assert set(maps) == {"implausibility"}  # no critic: no error map
     assert implausibility.shape == (1, 36, 44, 40)
     d = scorer.plausibility(image, torch.nn.functional.one_hot(classes, 4).permute(3, 0, 1, 2).float())
     assert d.shape == (1, 36, 44, 40)
@@ -287,7 +289,9 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
         rows.append({"case_id": f"c{n // 4}", "source": "prediction" if n % 4 == 0 else "erosion", "dice_WT": dice,
                      "dice_mean": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
                      "d_score_tumour": dice, "uncertainty": 1.0 - dice, "volume_ml": rng.random(),
-                     "confidence": dice, "confidence_wt": dice, "d_score_probabilities": 0.5})  # fmt: skip
+                     "confidence": dice, "confidence_wt": dice, "d_score_probabilities": 0.5,
+                     "critic_dice_mean": dice**2, "critic_dice_WT": 1 - rng.random(),
+                     "critic_auroc": 0.9 if n % 4 == 0 else 0.7, "d_auroc": math.nan})  # fmt: skip
     calibration = fit_calibration(rows, ["d_score_tumour"])
     results = summarise(rows, calibration, calibration_rows=rows)
     scores = results["scores"]
@@ -298,6 +302,12 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     assert scores["est_mean_confidence_only"]["predictions"]["spearman"] == pytest.approx(1.0)
     assert scores["est_WT_confidence_only"]["truth"] == "dice_WT"
     assert scores["est_WT_d_and_uncertainty"]["all"]["spearman"] > 0.9  # d_score tracks the Dice here
+    assert scores["critic_dice_mean"]["predictions"]["spearman"] == pytest.approx(1.0)  # monotone: a rank measure
+    assert abs(scores["critic_dice_WT"]["all"]["spearman"]) < 0.5  # noise here
+    assert scores["est_mean_with_critic"]["all"]["spearman"] > 0.9
+    assert results["maps"]["critic_auroc"]["predictions"] == {"n": 10, "auroc": pytest.approx(0.9)}
+    assert results["maps"]["critic_auroc"]["all"]["auroc"] == pytest.approx(0.75)
+    assert results["maps"]["d_auroc"]["all"]["n"] == 0  # NaN (nothing wrong) is left out
     assert results["num_cases"] == 10 and results["num_rows"] == 40
 
 
@@ -310,6 +320,10 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path: Path) -> None
         (["--seed", "1"], "choose another test seed"),
         (["--calibration-seed", "0"], "choose another calibration seed"),
         (["--seed", "7", "--calibration-seed", "7"], "seeds must differ"),
+        (["--shifted-seed", "2"], "choose another shifted seed"),  # the demo's own shifted cases
+        (["--shifted-seed", "100"], "seeds must differ"),  # the held-out cases' default seed
+        (["--num-shifted-cases", "-1"], "--num-shifted-cases must be >= 0"),
+        (["--critic-epochs", "0"], "--critic-epochs must be >= 1"),
         (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train"),
     ]:
         with pytest.raises(SystemExit, match=message):  # the last: the calibration seed is not used with 0 cases

@@ -1,0 +1,199 @@
+"""The quality critic (bundle/critic.py) on tiny volumes; its bundle run is in tests/test_bundle.py."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SimpleInferer
+from scipy.special import logit
+
+from bundle.critic import (
+    CRITIC_SCORE_NAMES,
+    CriticLoss,
+    CriticTrainer,
+    QualityCritic,
+    check_critic_path,
+    critic_dice,
+    error_map,
+    load_critic,
+    patch_shares,
+    region_masks,
+    save_critic,
+)
+from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
+from bundle.quality import QualityScored, QualityScorer, corruptions, region_dice
+
+SIZE = 32
+#: each class's mean intensity in T1, T1ce, T2 and FLAIR (z-scored): the image tells the classes apart
+CLASS_INTENSITIES = np.array(
+    [[0.0, 0.0, 0.0, 0.0], [-1.0, -0.5, 1.0, 0.5], [-0.5, 0.0, 1.5, 2.0], [0.5, 2.5, 0.5, 1.0]]
+)
+
+
+def synthetic_case(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 32^3 case: a brain (ball) with a tumour (oedema around a core with an enhancing rim) at a random place, and
+    four modalities whose intensities follow the classes, with noise. Returns ``(image (4, ...), label (1, ...))``."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((SIZE,) * 3).transpose(1, 2, 3, 0)
+    brain = np.linalg.norm(grid - SIZE / 2, axis=-1) <= 14
+    centre = SIZE / 2 + rng.uniform(-4, 4, 3)
+    dist = np.linalg.norm(grid - centre, axis=-1)
+    radius = rng.uniform(5, 8)
+    label = np.zeros((SIZE,) * 3, dtype=np.int64)
+    label[dist <= radius] = 2
+    label[dist <= 0.6 * radius] = 3
+    label[dist <= 0.35 * radius] = 1
+    label[~brain] = 0
+    image = CLASS_INTENSITIES[label].transpose(3, 0, 1, 2) + 1.0 + 0.2 * rng.standard_normal((4,) + label.shape)
+    image[:, ~brain] = 0.0
+    return torch.as_tensor(image, dtype=torch.float32), torch.as_tensor(label[None])
+
+
+def tiny_networks() -> tuple[Vox2VoxGenerator, Vox2VoxDiscriminator]:
+    torch.manual_seed(0)
+    return Vox2VoxGenerator(features=4), Vox2VoxDiscriminator(in_channels=8, channels=4)
+
+
+def trainer(critic: QualityCritic, generator: torch.nn.Module, cases: list, epochs: int, lr: float = 1e-3):
+    batches = [{"image": image[None], "label": label[None]} for image, label in cases]
+    return CriticTrainer(
+        device="cpu", max_epochs=epochs, train_data_loader=batches, network=critic,
+        optimizer=torch.optim.Adam(critic.parameters(), lr=lr), generator=generator,
+        generator_inferer=SimpleInferer(), loss_function=CriticLoss(), seed=0,
+    )  # fmt: skip
+
+
+def test_critic_keeps_the_discriminator_and_has_two_outputs_per_region() -> None:
+    _, discriminator = tiny_networks()
+    critic = QualityCritic(discriminator)
+    body = {k: v for k, v in critic.body.state_dict().items() if not k.startswith("final_conv")}
+    assert all(torch.equal(v, discriminator.state_dict()[k]) for k, v in body.items())  # the trained weights
+    image, label = synthetic_case(0)
+    onehot = torch.nn.functional.one_hot(label[0], 4).permute(3, 0, 1, 2).float()
+    logits = critic(image[None], onehot[None])
+    assert logits.shape == (1, 6, 4, 4, 4)  # p_fp and p_fn of ET, TC and WT, one per 8^3 voxels
+    assert critic.body is not discriminator and critic.body.final_conv is not discriminator.final_conv
+    with pytest.raises(TypeError, match="PatchDiscriminator"):
+        QualityCritic(torch.nn.Conv3d(8, 1, 3))
+
+
+def test_exact_error_shares_give_the_true_dice() -> None:
+    """Logits of each patch's true error shares give each region's true Dice: the patches partition the image."""
+    image, label = synthetic_case(1)
+    ref = label[0, :30, :29].numpy()  # not a whole number of patches: the last ones are partly padding
+    brain = (image[:, :30, :29] != 0).any(0).numpy()
+    for corrupted in corruptions(ref, brain, rng=0, levels=[2]):
+        s, r = region_masks(torch.as_tensor(corrupted.classes)[None]), region_masks(torch.as_tensor(ref)[None])
+        share = patch_shares(s)
+        p_fp = torch.where(share > 0, patch_shares(s * (1 - r)) / share.clamp_min(1e-9), 0.0)
+        p_fn = torch.where(share < 1, patch_shares((1 - s) * r) / (1 - share).clamp_min(1e-9), 0.0)
+        logits = torch.as_tensor(logit(np.clip(torch.cat([p_fp, p_fn], 1).double().numpy(), 1e-6, 1 - 1e-6)))
+        assert logits.shape[2:] == (4, 4, 4)  # ceil(30 / 8), ceil(29 / 8), ceil(32 / 8)
+        estimated = critic_dice(logits, s)[0].numpy()
+        expected = [region_dice(corrupted.classes, ref)[f"dice_{r}"] for r in ("ET", "TC", "WT")]
+        np.testing.assert_allclose(estimated, expected, atol=1e-3)
+        wrong = error_map(logits, s)
+        assert wrong.shape == (1, 1, 30, 29, 32) and 0 <= wrong.min() and wrong.max() <= 1
+        if (corrupted.classes != ref).any():  # higher where the segmentation is wrong than where it is right
+            assert wrong[0, 0][torch.as_tensor(corrupted.classes != ref)].mean() > wrong[0, 0][
+                torch.as_tensor(corrupted.classes == ref)].mean()  # fmt: skip
+
+
+def test_a_training_step_changes_the_critic_and_not_the_generator() -> None:
+    generator, discriminator = tiny_networks()
+    critic = QualityCritic(discriminator)
+    before = {k: v.clone() for k, v in critic.state_dict().items()}
+    g_before = {k: v.clone() for k, v in generator.state_dict().items()}
+    d_before = {k: v.clone() for k, v in discriminator.state_dict().items()}
+    engine = trainer(critic, generator, [synthetic_case(2)], epochs=1)
+    engine.run()
+    assert {"loss", "map_loss", "dice_loss"} <= set(engine.state.output[0])
+    changed = [k for k, v in critic.state_dict().items() if not torch.equal(v, before[k])]
+    assert "body.final_conv.weight" in changed and any(k.startswith("body.initial_conv") for k in changed)
+    assert all(torch.equal(v, g_before[k]) for k, v in generator.state_dict().items())
+    assert all(torch.equal(v, d_before[k]) for k, v in discriminator.state_dict().items())  # D is copied
+    assert not any(p.requires_grad for p in generator.parameters())
+
+
+def test_after_a_short_training_a_reference_scores_higher_than_a_corrupted_copy() -> None:
+    """Corruptions that grow the segmentation (a dilation, an extra lesion): an untrained critic, whose Dice follows
+    the volume alone, scores them higher than the reference; trained briefly, it scores the reference higher, on
+    cases it never saw."""
+    generator, discriminator = tiny_networks()
+    critic = QualityCritic(discriminator)
+    seeds = (100, 101, 102, 103)
+    unseen = [synthetic_case(seed) for seed in seeds]
+    kinds = ["dilation", "extra"]
+
+    def margins() -> list[float]:  # reference's critic Dice minus each heavily corrupted copy's
+        scorer = QualityScorer(discriminator, critic=critic, spacing=(4.0, 4.0, 4.0))
+        out = []
+        for seed, (image, label) in zip(seeds, unseen):
+            ref = label[0].numpy()
+            reference, _ = scorer.score(image, ref)
+            for bad in corruptions(ref, (image != 0).any(0).numpy(), rng=seed, kinds=kinds, levels=[3]):
+                scores, maps = scorer.score(image, bad.classes)
+                assert maps["quality"].shape == (1, SIZE, SIZE, SIZE)
+                out.append(reference["critic_dice_mean"] - scores["critic_dice_mean"])
+        return out
+
+    assert all(m < 0 for m in margins()), margins()  # untrained: each scores above the reference
+    trainer(critic, generator, [synthetic_case(seed) for seed in range(10, 16)], epochs=16, lr=3e-3).run()
+    assert all(m > 0 for m in margins()), margins()
+
+
+def test_scores_reach_monai_label_and_a_missing_critic_leaves_them_empty(caplog: pytest.LogCaptureFixture) -> None:
+    generator, discriminator = tiny_networks()
+    image, label = synthetic_case(3)
+    probs = torch.nn.functional.one_hot(label[0], 4).permute(3, 0, 1, 2).float() * 0.9 + 0.025
+    for critic in (QualityCritic(discriminator), None):
+        scorer = QualityScorer(discriminator, critic=critic)
+        out = QualityScored(keys="pred", scorer=scorer)({"image": image, "pred": probs})
+        result = out["result"]["quality"]  # MONAI Label returns data["result"] as the inference's params
+        if critic is not None:
+            assert out["quality"].shape == (1, SIZE, SIZE, SIZE)
+            assert all(0.0 <= result[k] <= 1.0 for k in CRITIC_SCORE_NAMES)
+        else:
+            assert "quality" not in out and all(result[k] is None for k in CRITIC_SCORE_NAMES)
+            assert all(math.isnan(out["quality_scores"][k]) for k in CRITIC_SCORE_NAMES)
+        assert result["est_dice_mean"] is None  # no calibration: NaN becomes null, which JSON can carry
+
+
+def test_critic_files_are_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, discriminator = tiny_networks()
+    missing = tmp_path / "models" / "critic.pt"
+    with caplog.at_level(logging.WARNING):
+        assert load_critic(discriminator, missing) is None
+    assert f"quality critic {missing} does not exist: run `training_critic`" in caplog.text
+    with pytest.raises(FileNotFoundError, match="training_critic"):
+        load_critic(discriminator, missing, required=True)
+    check_critic_path(missing, overwrite=False)  # nothing there yet
+    critic = QualityCritic(discriminator)
+    save_critic(critic, missing)
+    assert sorted(p.name for p in missing.parent.iterdir()) == ["critic.pt"]  # no temporary file left
+    with pytest.raises(FileExistsError, match=f"quality critic {missing} exists: pass --overwrite_critic true"):
+        check_critic_path(missing, overwrite=False)
+    check_critic_path(missing, overwrite=True)
+    with pytest.raises(ValueError, match="overwrite_critic must be true or false"):
+        check_critic_path(missing, overwrite="yes")  # type: ignore[arg-type]
+    loaded = load_critic(lambda: Vox2VoxDiscriminator(in_channels=8, channels=4), missing)
+    assert all(torch.equal(v, critic.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(RuntimeError, match=f"checkpoint {missing} does not fit"):
+        load_critic(Vox2VoxDiscriminator(in_channels=8, channels=8), missing)
+
+
+def test_critic_loss_and_trainer_arguments_are_checked() -> None:
+    generator, discriminator = tiny_networks()
+    with pytest.raises(ValueError, match="dice_weight"):
+        CriticLoss(dice_weight=-1)
+    with pytest.raises(TypeError, match="QualityCritic"):
+        trainer(discriminator, generator, [synthetic_case(0)], epochs=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="corruption_levels"):
+        CriticTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=QualityCritic(discriminator),
+                      optimizer=torch.optim.Adam(generator.parameters()), generator=generator,
+                      generator_inferer=SimpleInferer(), loss_function=CriticLoss(), corruption_levels=[4])  # fmt: skip
