@@ -43,7 +43,7 @@ PREDICTION_EXTS = (".nii.gz", ".nii")
 #: the quality check's maps written beside a prediction (bundle/quality.py): ``<case_id>_<name>.nii.gz``, not cases
 QUALITY_MAPS: tuple[str, ...] = ("quality", "uncertainty")
 QUALITY_RANKING = "quality_ranking.csv"  # the quality check's worst-first list, beside the predictions
-#: colour scales of the maps: implausibility 1 - D from 0 (looks like a reference) to 1 (looks generated); the
+#: colour scales of the maps: the critic's probability that the segmentation is wrong, from 0 to 1; the
 #: passes' mutual information in nats, up to a fifth of its maximum ln 4 (four classes): clearer contrast
 QUALITY_MAP_RANGES: dict[str, tuple[float, float]] = {"quality": (0.0, 1.0), "uncertainty": (0.0, 0.28)}
 QUALITY_MAP_TITLES: dict[str, str] = {"quality": "critic: P(wrong here)", "uncertainty": "uncertainty (TTA MI)"}
@@ -587,8 +587,13 @@ def read_ranking(path: PathLike) -> list[dict[str, str]]:
     return rows
 
 
+#: the quality ranking's columns shown in the report, where present: estimates first, then the raw scores
+RANKING_COLUMNS = ("est_dice_mean", "est_dice_WT", "critic_dice_mean", "critic_dice_WT", "d_score", "uncertainty",
+                   "confidence")  # fmt: skip
+
+
 def _ranking_table(ranking: Sequence[dict[str, str]]) -> str:
-    columns = [c for c in ("est_dice_mean", "est_dice_WT", "d_score", "uncertainty", "confidence") if c in ranking[0]]
+    columns = [c for c in RANKING_COLUMNS if c in ranking[0]]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in ranking:
@@ -628,9 +633,10 @@ def write_html(
         parts += ["<h2>Dice per case</h2>", _metrics_table(case_ids, *metrics)]
     if ranking:
         parts += ["<h2>Quality check: worst first</h2>",
-                  "<p>Cases to review first: sorted by the estimated mean Dice (the discriminator's score and the "
-                  "model's uncertainty, calibrated on validation cases; see docs/quality.md), or by the raw "
-                  "discriminator score when no calibration was available.</p>", _ranking_table(ranking)]  # fmt: skip
+                  "<p>Cases to review first: sorted by the estimated mean Dice (the quality critic's estimate with the "
+                  "model's confidence and uncertainty, calibrated on validation cases; see docs/quality.md), or by "
+                  "the critic's own estimate (without a critic: the raw discriminator score) when no calibration "
+                  "was available.</p>", _ranking_table(ranking)]  # fmt: skip
     parts.append(f"<h2>Cases ({len(case_ids)})</h2>")
     parts.append("<p>Prediction and reference over FLAIR and T1ce, slices through the centre of the whole tumour; "
                  "radiological convention (patient's right on the left).</p>")  # fmt: skip

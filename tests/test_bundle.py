@@ -297,7 +297,8 @@ def test_quality_check_calibrates_infers_and_evaluates(
                    str(trained), "--num_folds", "3", "--corruption_levels", "[3]", "--tta_flip_axes", "[0]",
                    "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
     calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
-    assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt"]
+    assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt", "critic_dice_mean",
+                                       "critic_dice_WT"]  # fmt: skip
     assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator", "critic"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
     assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3

@@ -194,6 +194,13 @@ def test_calibration_recovers_a_linear_relation_and_round_trips(tmp_path: Path) 
         fit_calibration(rows[:4], features)
 
 
+def test_calibration_on_critic_scores_without_a_critic_says_what_to_run() -> None:
+    rows = [{"uncertainty": 0.1 * n, "confidence": 0.5, "confidence_wt": 0.5, "critic_dice_mean": math.nan,
+             "critic_dice_WT": math.nan, "dice_WT": 0.5, "dice_mean": 0.5} for n in range(10)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"\['critic_dice_WT', 'critic_dice_mean'\] are NaN .*run `training_critic`"):
+        fit_calibration(rows)  # the default features include the critic's
+
+
 def test_calibration_file_errors_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "none.json"
     assert load_calibration(missing) is None
@@ -258,6 +265,10 @@ def test_rankings() -> None:
     assert key == "est_dice_mean" and [r["case_id"] for r in ranked] == ["b", "c", "a"]
     ranked, key = rank_worst_first([{**r, "est_dice_mean": math.nan} for r in rows])
     assert key == "d_score" and [r["case_id"] for r in ranked] == ["c", "a", "b"]
+    critic = {"a": 0.3, "b": 0.6, "c": 0.9}  # uncalibrated, with a critic: the critic's own estimate
+    ranked, key = rank_worst_first([{**r, "est_dice_mean": math.nan, "critic_dice_mean": critic[r["case_id"]]}
+                                    for r in rows])  # fmt: skip
+    assert key == "critic_dice_mean" and [r["case_id"] for r in ranked] == ["a", "b", "c"]
     truth = list(range(20))
     assert top_fraction_recall(truth, truth) == 1.0
     assert top_fraction_recall(truth[::-1], truth) == 0.0
