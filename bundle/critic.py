@@ -45,6 +45,8 @@ from bundle.checkpoints import check_writable_folder
 from bundle.handlers import write_atomically
 from bundle.inference import load_generator_weights
 from bundle.labels import REGIONS
+from bundle.trainer import autocast_kwargs
+from bundle.transforms import class_map_to_regions
 
 __all__ = [
     "CRITIC_SCORE_NAMES",
@@ -81,10 +83,8 @@ OUTPUT_INIT_STD = 1e-3  # the new output layer's weights start near zero: its fi
 
 
 def region_masks(classes: torch.Tensor) -> torch.Tensor:
-    """``(B, *spatial)`` class indices (0..3) -> ``(B, 3, *spatial)`` float membership of ET, TC and WT."""
-    membership = torch.tensor([[float(c in members) for members in REGIONS.values()] for c in range(NUM_CLASSES)],
-                              device=classes.device)  # fmt: skip
-    return membership[classes.long()].movedim(-1, 1)
+    """``(B, *spatial)`` class indices (0..3) -> ``(B, 3, *spatial)`` float masks of ET, TC and WT."""
+    return torch.stack([class_map_to_regions(c[None]) for c in classes])
 
 
 class QualityCritic(nn.Module):
@@ -133,8 +133,11 @@ def patch_shares(masks: torch.Tensor) -> torch.Tensor:
 
 def critic_dice(logits: torch.Tensor, segmentation_regions: torch.Tensor) -> torch.Tensor:
     """The estimated Dice ``(B, 3)`` of ET, TC and WT from the critic's ``logits`` and the segmentation's region
-    masks ``(B, 3, *spatial)``: ``2 TP / (2 TP + FP + FN)`` of the expected shares; 1 for a region both the
-    segmentation and the critic find empty (the BraTS rule). Differentiable: the training loss uses it."""
+    masks ``(B, 3, *spatial)``: ``2 TP / (2 TP + FP + FN)`` of the expected shares, smoothed by one voxel, so that
+    a region both the segmentation and the critic find empty scores 1 (the BraTS rule) only when the false negatives
+    the critic expects over the whole image add up to well under a voxel: a critic learns that from training cases
+    without the region (BraTS cases without enhancing tumour), through the Dice term of :class:`CriticLoss`; the
+    demo's cases all have every region. Differentiable: the training loss uses it."""
     s = patch_shares(segmentation_regions)
     p = torch.sigmoid(logits.float())
     fp = (s * p[:, :NUM_REGIONS]).flatten(2).sum(-1)
@@ -157,7 +160,8 @@ def error_map(logits: torch.Tensor, segmentation_regions: torch.Tensor) -> torch
 
 
 def true_dice(segmentation_regions: torch.Tensor, reference_regions: torch.Tensor) -> torch.Tensor:
-    """``(B, 3)`` Dice of each region mask against the reference's; 1 when both are empty (BraTS rule)."""
+    """``(B, 3)`` Dice of each region mask against the reference's; 1 when both are empty (BraTS rule). The batched
+    torch form of :func:`bundle.metrics.dice`, for the training loss."""
     inter = (segmentation_regions * reference_regions).flatten(2).sum(-1)
     total = (segmentation_regions + reference_regions).flatten(2).sum(-1)
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
@@ -261,11 +265,13 @@ def _corrupted(classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
 class CriticTrainer(SupervisedTrainer):
     """Fine-tunes the critic (``network``) on the frozen ``generator``'s predictions and graded corruptions.
 
-    Each iteration takes a batch of whole preprocessed cases (image intensity-augmented, label), predicts each
-    with the generator (``generator_inferer``, no gradient), and scores four segmentations of each case: the
-    reference, the prediction, and one random corruption (kind and strength from ``corruption_levels``) of each;
-    the corruptions are drawn from ``seed``, the epoch and the iteration. The loss (:class:`CriticLoss`) is
-    back-propagated into the critic only; the generator is never updated.
+    Each iteration takes a batch of whole preprocessed cases (image intensity-augmented, label, and ``brain_key``:
+    the brain mask taken before the augmentation, whose noise leaves no zero background), predicts each with the
+    generator (``generator_inferer``, no gradient), and scores four segmentations of each case: the reference, the
+    prediction, and one random corruption (kind and strength from ``corruption_levels``; dilations and extra
+    lesions stay in the brain) of each; the corruptions are drawn from ``seed``, the epoch and the iteration. The
+    loss (:class:`CriticLoss`) is back-propagated into the critic only; the generator is never updated. ``amp``
+    with ``amp_dtype`` "float16" scales the loss (a gradient scaler), "bfloat16" needs none.
 
     ``engine.state.output`` holds ``loss``, ``map_loss`` and ``dice_loss`` (the mean absolute error of the critic's
     Dice).
@@ -283,6 +289,9 @@ class CriticTrainer(SupervisedTrainer):
         loss_function: CriticLoss,
         corruption_levels: Sequence[int] = (1, 2, 3),
         seed: int | None = 0,
+        brain_key: str = "brain",
+        amp: bool = False,
+        amp_dtype: str = "bfloat16",
         **kwargs: Any,
     ) -> None:
         if not isinstance(network, QualityCritic):
@@ -294,24 +303,28 @@ class CriticTrainer(SupervisedTrainer):
         if not corruption_levels or any(lv not in LEVEL_FRACTIONS for lv in corruption_levels):
             raise ValueError(f"corruption_levels must be some of {sorted(LEVEL_FRACTIONS)}, got {corruption_levels}")
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
-                         optimizer=optimizer, loss_function=loss_function, **kwargs)  # fmt: skip
+                         optimizer=optimizer, loss_function=loss_function, amp=amp,
+                         amp_kwargs=autocast_kwargs(amp_dtype), **kwargs)  # fmt: skip
+        self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp and amp_dtype == "float16")
+        self.brain_key = brain_key
         self.generator = generator.eval().requires_grad_(False)
         self.generator_inferer = generator_inferer
         self.corruption_levels = list(corruption_levels)
         self.seed = 0 if seed is None else int(seed)
 
-    def segmentations(self, engine: CriticTrainer, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def segmentations(self, engine: CriticTrainer, image: torch.Tensor, label: torch.Tensor, brain: torch.Tensor
+                      ) -> torch.Tensor:  # fmt: skip
         """The class maps scored for each case of the batch: ``(4 B, *spatial)``, per case the reference, the
-        generator's prediction and a corruption of each."""
+        generator's prediction and a corruption of each (``brain``: ``(B, 1, *spatial)`` masks)."""
         with torch.no_grad():
             pred = engine.generator_inferer(image, engine.generator).argmax(dim=1)
         out = []
         for b in range(image.shape[0]):
             ref = label[b, 0].long()
-            brain = (image[b] != 0).any(dim=0).cpu().numpy()
+            brain_b = torch.as_tensor(brain[b, 0]).bool().cpu().numpy()
             rng = np.random.default_rng([engine.seed, engine.state.epoch, engine.state.iteration, b])
             pair = [ref.cpu().numpy(), pred[b].cpu().numpy()]
-            corrupted = [_corrupted(c, brain, rng, engine.corruption_levels) for c in pair]
+            corrupted = [_corrupted(c, brain_b, rng, engine.corruption_levels) for c in pair]
             out += [torch.as_tensor(c, device=image.device).long() for c in (*pair, *corrupted)]
         return torch.stack(out)
 
@@ -319,7 +332,10 @@ class CriticTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        classes = self.segmentations(engine, image, label)
+        if engine.brain_key not in batchdata:
+            raise KeyError(f"the critic's batches need {engine.brain_key!r}: the brain mask before the augmentation "
+                           "(configs/critic.yaml makes it)")  # fmt: skip
+        classes = self.segmentations(engine, image, label, batchdata[engine.brain_key])
         per_case = classes.shape[0] // image.shape[0]
         images = image.repeat_interleave(per_case, dim=0)
         references = label[:, 0].long().repeat_interleave(per_case, dim=0)
@@ -337,9 +353,10 @@ class CriticTrainer(SupervisedTrainer):
                                      "critic")  # fmt: skip
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss.backward()
+        engine.grad_scaler.scale(loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
+        engine.grad_scaler.step(engine.optimizer)
+        engine.grad_scaler.update()
         engine.state.output.update({Keys.LOSS: loss.detach(), "map_loss": map_loss.detach(),
                                     "dice_loss": dice_loss.detach()})  # fmt: skip
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

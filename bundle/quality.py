@@ -136,10 +136,14 @@ class Corruption:
     classes: np.ndarray
 
 
-def _within(mask: np.ndarray, radius: float) -> np.ndarray:
+def _within(mask: np.ndarray, radius: float, outside: bool = False) -> np.ndarray:
     """The voxels within ``radius`` voxels (Euclidean) of ``mask``: its dilation by a ball, from one distance
-    transform (linear in the volume; a ball-shaped structuring element costs its volume per voxel)."""
-    return ndi.distance_transform_edt(~mask) <= radius if mask.any() else np.zeros_like(mask)
+    transform (linear in the volume; a ball-shaped structuring element costs its volume per voxel). ``outside``:
+    whether the voxels beyond the array's edge count as part of ``mask`` (the background around an image does)."""
+    padded = np.pad(mask, 1, constant_values=outside)
+    if not padded.any():
+        return np.zeros_like(mask)
+    return (ndi.distance_transform_edt(~padded) <= radius)[(slice(1, -1),) * mask.ndim]
 
 
 def _distance(tumour: np.ndarray, level: int) -> int:
@@ -153,7 +157,7 @@ def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng:
     k = _distance(tumour, level)
     out = classes.copy()
     if kind == "erosion":  # the tumour's rim is lost to background
-        out[tumour & _within(~tumour, k)] = BACKGROUND  # within k of the background
+        out[tumour & _within(~tumour, k, outside=True)] = BACKGROUND  # within k of the background
     elif kind == "dilation":  # a rim of oedema around the tumour, within the brain
         out[_within(tumour, k) & ~tumour & brain] = ED
     elif kind == "shift":  # the whole segmentation moved by k voxels along a random axis and direction
@@ -516,7 +520,12 @@ def load_calibration(
     current = {role: p for role, p in (weights or {}).items() if role in fitted_with}
     gone = {role for role, p in current.items() if not all(os.path.isfile(f) for f in _paths_list(p))}
     now = weights_digests({role: p for role, p in current.items() if role not in gone})
-    changed = sorted(gone | {role for role, digest in now.items() if digest != fitted_with[role]})
+    if gone:
+        files = ", ".join(f"{_paths_text(current[role])} ({role})" for role in sorted(gone))
+        unusable(f"quality calibration {path} was fitted with weights that no longer exist: {files}; the quality "
+                 "scores are written without estimated Dice", FileNotFoundError)  # fmt: skip
+        return None
+    changed = sorted(role for role, digest in now.items() if digest != fitted_with[role])
     if changed:
         files = ", ".join(f"{_paths_text(weights[role])} ({role})" for role in changed)  # type: ignore[index]
         unusable(f"quality calibration {path} was fitted with other weights than {files}: run `calibrating` again "
@@ -712,7 +721,8 @@ class QualityCaseTable:
     Reads ``image``, ``label`` (class map), ``pred`` (mean probabilities) and ``uncertainty`` of each decollated
     output; ``levels``: the corruption strengths used. When the run completes, writes every row to ``rows_csv``
     and, with ``calibration_file``, fits :func:`fit_calibration` on them and saves it there with the sha256 of the
-    ``weights`` files (``{"generator": path, "discriminator": path}``) it was fitted with. An existing
+    ``weights`` files (``{"generator": path, "discriminator": path, "critic": path}``; the critic's only where
+    the scorer has one) it was fitted with. An existing
     ``calibration_file`` is refused before any case is processed unless ``overwrite``.
     """
 
@@ -755,6 +765,11 @@ class QualityCaseTable:
         if self.calibration_file is not None and self.calibration_file.exists() and not self.overwrite:
             raise FileExistsError(f"quality calibration {self.calibration_file} exists: pass "
                                   "--overwrite_calibration true to replace it")  # fmt: skip
+        critic_features = [f for f in self.features if f in CRITIC_SCORE_NAMES]
+        if self.calibration_file is not None and critic_features and self.scorer.critic is None:
+            raise FileNotFoundError(f"calibration features {critic_features} are the quality critic's, and there is no "
+                                    "critic (models/critic.pt): run `training_critic` first, or pass "
+                                    "--calibration_features without them")  # fmt: skip
         for path in (self.rows_csv, self.calibration_file):  # written at the end: checked before any case
             if path is not None:
                 check_writable_folder(path.parent)

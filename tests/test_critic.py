@@ -60,7 +60,8 @@ def tiny_networks() -> tuple[Vox2VoxGenerator, Vox2VoxDiscriminator]:
 
 
 def trainer(critic: QualityCritic, generator: torch.nn.Module, cases: list, epochs: int, lr: float = 1e-3):
-    batches = [{"image": image[None], "label": label[None]} for image, label in cases]
+    batches = [{"image": image[None], "label": label[None], "brain": (image != 0).any(0, keepdim=True)[None]}
+               for image, label in cases]  # fmt: skip
     return CriticTrainer(
         device="cpu", max_epochs=epochs, train_data_loader=batches, network=critic,
         optimizer=torch.optim.Adam(critic.parameters(), lr=lr), generator=generator,
@@ -102,6 +103,25 @@ def test_exact_error_shares_give_the_true_dice() -> None:
         if (corrupted.classes != ref).any():  # higher where the segmentation is wrong than where it is right
             assert wrong[0, 0][torch.as_tensor(corrupted.classes != ref)].mean() > wrong[0, 0][
                 torch.as_tensor(corrupted.classes == ref)].mean()  # fmt: skip
+
+
+def test_each_patch_sees_the_voxels_it_is_about() -> None:
+    """Patch i of the critic's grid is centred on voxels [8 i, 8 i + 8): the gradient of its logit with respect to
+    the input (norms and dropout off: evaluation, no normalisation statistics) is centred there."""
+    torch.manual_seed(0)
+    discriminator = Vox2VoxDiscriminator(in_channels=8, channels=4, dropout=0.0)
+    for module in discriminator.modules():  # instance norm would spread every patch's gradient over the image
+        if isinstance(module, torch.nn.InstanceNorm3d):
+            module.forward = lambda x: x  # type: ignore[method-assign]
+    critic = QualityCritic(discriminator).eval()
+    image = torch.zeros(1, 4, 96, 96, 96, requires_grad=True)
+    logits = critic(image, torch.zeros(1, 4, 96, 96, 96))
+    assert logits.shape[2:] == (12, 12, 12)
+    for patch in (4, 6, 7):  # inside: a border patch's receptive field is cut by the image's edge
+        (grad,) = torch.autograd.grad(logits[0, 0, patch, 6, 6], image, retain_graph=True)
+        weight = grad.abs().sum(dim=(0, 1, 3, 4))  # along the first spatial axis
+        centre = float((weight * torch.arange(96)).sum() / weight.sum())
+        assert abs(centre - (8 * patch + 3.5)) < 1.0, (patch, centre)
 
 
 def test_a_training_step_changes_the_critic_and_not_the_generator() -> None:
@@ -147,7 +167,7 @@ def test_after_a_short_training_a_reference_scores_higher_than_a_corrupted_copy(
     assert all(m > 0 for m in margins()), margins()
 
 
-def test_scores_reach_monai_label_and_a_missing_critic_leaves_them_empty(caplog: pytest.LogCaptureFixture) -> None:
+def test_scores_reach_monai_label_and_a_missing_critic_leaves_them_empty() -> None:
     generator, discriminator = tiny_networks()
     image, label = synthetic_case(3)
     probs = torch.nn.functional.one_hot(label[0], 4).permute(3, 0, 1, 2).float() * 0.9 + 0.025

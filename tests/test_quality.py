@@ -228,6 +228,13 @@ def test_a_calibration_of_other_weights_is_not_applied(tmp_path: Path, caplog: p
     assert f"{path} was fitted with other weights than {discriminator} (discriminator)" in caplog.text
     with pytest.raises(ValueError, match="run `calibrating` again with --overwrite_calibration true"):
         load_calibration(path, required=True, weights=weights)
+    critic = tmp_path / "critic.pt"  # fitted with a critic that is gone since
+    critic.write_bytes(b"critic weights")
+    weights = {"generator": generator, "critic": critic}
+    path = save_calibration(tmp_path / "with_critic.json", {**calibration, "weights": weights_digests(weights)})
+    critic.unlink()
+    with pytest.raises(FileNotFoundError, match=f"fitted with weights that no longer exist: {critic} \\(critic\\)"):
+        load_calibration(path, required=True, weights=weights)
 
 
 def test_a_single_model_calibration_is_not_applied_to_an_ensemble(
@@ -284,7 +291,11 @@ def test_calibration_table_refuses_to_replace_a_calibration(tmp_path: Path) -> N
     table = QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing)
     with pytest.raises(FileExistsError, match=f"quality calibration {existing} exists"):
         table._start(None)  # type: ignore[arg-type]
-    QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing, overwrite=True)._start(None)  # type: ignore[arg-type]
+    replace = QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing, overwrite=True)
+    with pytest.raises(FileNotFoundError, match=r"critic_dice_mean.*no critic \(models/critic.pt\): run `training_"):
+        replace._start(None)  # type: ignore[arg-type]  # the default features include the critic's: refused at once
+    QualityCaseTable(scorer, tmp_path / "rows.csv", calibration_file=existing, overwrite=True,
+                     features=["uncertainty", "confidence"])._start(None)  # type: ignore[arg-type]  # fmt: skip
     assert existing.read_text() == "{}"
     with pytest.raises(ValueError, match="overwrite_calibration"):
         QualityCaseTable(scorer, tmp_path / "rows.csv", overwrite="false")  # type: ignore[arg-type]
