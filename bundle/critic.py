@@ -45,7 +45,7 @@ from bundle.checkpoints import check_writable_folder
 from bundle.handlers import write_atomically
 from bundle.inference import load_generator_weights
 from bundle.labels import REGIONS
-from bundle.trainer import autocast_kwargs
+from bundle.trainer import autocast_kwargs, stop_if_not_finite
 from bundle.transforms import class_map_to_regions
 
 __all__ = [
@@ -347,10 +347,7 @@ class CriticTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         seg_regions, ref_regions = region_masks(classes), region_masks(references)
         loss, map_loss, dice_loss = engine.loss_function(logits, seg_regions, ref_regions)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the critic's loss is {loss.item()} at epoch {engine.state.epoch}, "
-                                     f"iteration {engine.state.iteration}: training stopped before updating the "
-                                     "critic")  # fmt: skip
+        stop_if_not_finite(engine, {"critic's loss": loss})
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         engine.grad_scaler.scale(loss).backward()

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.networks import one_hot
@@ -19,7 +20,7 @@ from torch.optim import Optimizer
 
 from bundle.losses import Vox2VoxLoss
 
-__all__ = ["Vox2VoxTrainer", "autocast_kwargs", "gan_losses", "training_scalars"]
+__all__ = ["Vox2VoxTrainer", "autocast_kwargs", "gan_losses", "stop_if_not_finite", "training_scalars"]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +30,16 @@ def autocast_kwargs(amp_dtype: str) -> dict[str, torch.dtype]:
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}.")
     return {"dtype": AMP_DTYPES[amp_dtype]}
+
+
+def stop_if_not_finite(engine: Engine, losses: dict[str, torch.Tensor]) -> None:
+    """Stops training before any weight changes when a loss is NaN or infinite; earlier checkpoints stay."""
+    for name, value in losses.items():
+        if not torch.isfinite(value):
+            raise FloatingPointError(
+                f"the {name} is {value.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                "training stopped before updating the networks; the last checkpoint saved is kept."
+            )
 
 
 class Vox2VoxTrainer(SupervisedTrainer):
@@ -92,16 +103,6 @@ class Vox2VoxTrainer(SupervisedTrainer):
         self.d_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     @staticmethod
-    def _stop_if_not_finite(engine: Vox2VoxTrainer, losses: dict[str, torch.Tensor]) -> None:
-        """Stops training before any weight changes when a loss is NaN or infinite; earlier checkpoints stay."""
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                raise FloatingPointError(
-                    f"the {name} is {value.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
-                    "training stopped before updating the networks; the last checkpoint saved is kept."
-                )
-
-    @staticmethod
     def _logits(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         return output[-1] if isinstance(output, (list, tuple)) else output
 
@@ -127,7 +128,7 @@ class Vox2VoxTrainer(SupervisedTrainer):
             d_loss = loss.discriminator(real_logits.float(), fake_logits.float())
         engine.state.output[Keys.LOSS] = g_loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        self._stop_if_not_finite(engine, {"generator loss": g_loss, "discriminator loss": d_loss})
+        stop_if_not_finite(engine, {"generator loss": g_loss, "discriminator loss": d_loss})
 
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         engine.d_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
