@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
 from bundle.determinism import EpochSeeder, RunIdentity
 
@@ -316,8 +317,9 @@ def start_training(
     if resume:
         path, state = _load_latest(checkpoints)
         max_epochs = trainer.state.max_epochs
-        # written before the best validation or the run identity was part of a checkpoint: resumed without them
-        optional = (ValidationState, RunIdentity)
+        # written before the best validation, the run identity or the learning-rate schedule was part of a
+        # checkpoint: resumed without them
+        optional = (ValidationState, RunIdentity, LRScheduler)
         unsaved = [k for k, v in checkpoint_objects.items() if isinstance(v, optional) and k not in state]
         to_load = {k: v for k, v in checkpoint_objects.items() if k not in unsaved}
         for key in unsaved:
@@ -326,9 +328,20 @@ def start_training(
                     f"checkpoint {path} holds no best validation: the first validation of this run "
                     "counts as the best so far and replaces the best model (model.pt, discriminator.pt)"
                 )
+            elif isinstance(checkpoint_objects[key], LRScheduler):
+                logger.warning(f"checkpoint {path} holds no {key} state: its learning rate schedule starts again "
+                               "from the first epoch (no change for the default constant rate)")  # fmt: skip
             else:
                 logger.warning(f"checkpoint {path} holds no seed and data of its run: they cannot be checked, and the "
                                "resumed epochs need not draw the random numbers of an uninterrupted run")  # fmt: skip
+        for key, scheduler in to_load.items():
+            # a decay fixed to the run's length cannot stretch to another: the rate would stay at 0 past the old end
+            saved_end = state[key].get("total_iters") if isinstance(state.get(key), dict) else None
+            if isinstance(scheduler, PolynomialLR) and saved_end is not None and saved_end != max_epochs:
+                raise ValueError(
+                    f"checkpoint {path}: its {key} decays the learning rate to 0 at epoch {saved_end}, max_epochs is "
+                    f"{max_epochs}; resume with --max_epochs {saved_end}, or start a new run for a longer schedule."
+                )
         try:
             Checkpoint.load_objects(to_load=to_load, checkpoint=state, strict=True)
         except (RuntimeError, KeyError, ValueError) as error:

@@ -17,10 +17,19 @@ from monai.engines.utils import IterationEvents
 from monai.networks import one_hot
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ConstantLR, LRScheduler, PolynomialLR
 
 from bundle.losses import Vox2VoxLoss
 
-__all__ = ["Vox2VoxTrainer", "autocast_kwargs", "gan_losses", "stop_if_not_finite", "training_scalars"]
+__all__ = [
+    "LR_SCHEDULES",
+    "Vox2VoxTrainer",
+    "autocast_kwargs",
+    "gan_losses",
+    "learning_rate_schedule",
+    "stop_if_not_finite",
+    "training_scalars",
+]
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,6 +39,27 @@ def autocast_kwargs(amp_dtype: str) -> dict[str, torch.dtype]:
     if amp_dtype not in AMP_DTYPES:
         raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {amp_dtype!r}.")
     return {"dtype": AMP_DTYPES[amp_dtype]}
+
+
+#: the learning-rate schedules of ``lr_schedule``: the paper's constant rate, or nnU-Net's polynomial decay to zero
+LR_SCHEDULES: tuple[str, ...] = ("constant", "poly")
+POLY_EXPONENT = 0.9  # nnU-Net's PolyLR exponent
+
+
+def learning_rate_schedule(optimizer: Optimizer, schedule: str, max_epochs: int) -> LRScheduler:
+    """The epoch-level learning-rate scheduler named ``schedule`` for ``optimizer`` (stepped by MONAI's
+    ``LrScheduleHandler`` after each epoch; its state is in the training checkpoint, so a resumed run continues it).
+
+    ``constant``: the paper's fixed rate. ``poly``: ``lr * (1 - epoch / max_epochs) ** 0.9``, nnU-Net's decay, which
+    lets a short run (the CPU demo) settle instead of stopping at the rate of its noisiest steps.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {schedule!r}.")
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+    if schedule == "constant":
+        return ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return PolynomialLR(optimizer, total_iters=max_epochs, power=POLY_EXPONENT)
 
 
 def stop_if_not_finite(engine: Engine, losses: dict[str, torch.Tensor]) -> None:

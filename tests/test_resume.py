@@ -208,6 +208,41 @@ def test_killed_twice_and_resumed_twice_equals_the_uninterrupted_run(
     assert_same_weights(final_weights(tmp_path), uninterrupted())
 
 
+def test_a_poly_schedule_killed_and_resumed_continues_its_decay_exactly(
+    data_dir: Path, tmp_path: Path, uninterrupted: Callable[..., dict]
+) -> None:
+    process, log = launch(data_dir, tmp_path, lr_schedule="poly")
+    kill_when(process, log, MOMENTS["during an epoch"](tmp_path), "iteration 1 of epoch 3")
+    resumed = train_here(data_dir, tmp_path, resume=True, lr_schedule="poly")
+    assert_same_weights(final_weights(tmp_path), uninterrupted(lr_schedule="poly"))
+    # both networks' rates went down the schedule, epoch by epoch, across the kill: after epoch 4 of 4 they are 0
+    for name in ("optimizer", "d_optimizer"):
+        assert resumed.parser.get_parsed_content(name).param_groups[0]["lr"] == 0.0
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=3.pt", weights_only=True)
+    assert state["lr_scheduler"]["last_epoch"] == state["d_lr_scheduler"]["last_epoch"] == 3
+
+
+def test_a_poly_schedule_resumed_with_another_max_epochs_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    train_here(data_dir, tmp_path, max_epochs=1, lr_schedule="poly")
+    saved = (tmp_path / "models" / "checkpoint_epoch=1.pt").read_bytes()
+    with pytest.raises(Exception) as error:
+        train_here(data_dir, tmp_path, max_epochs=3, resume=True, lr_schedule="poly")
+    assert "its lr_scheduler decays the learning rate to 0 at epoch 1, max_epochs is 3" in error_text(error.value)
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").read_bytes() == saved
+    assert training_checkpoints(tmp_path / "models")[-1].name == "checkpoint_epoch=1.pt"
+
+
+def test_a_checkpoint_from_before_the_schedules_resumes_with_a_warning(data_dir: Path, tmp_path: Path) -> None:
+    train_here(data_dir, tmp_path, max_epochs=1)
+    path = tmp_path / "models" / "checkpoint_epoch=1.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in state.items() if k not in ("lr_scheduler", "d_lr_scheduler")}, path)
+    with captured("bundle.checkpoints", logging.WARNING) as lines:
+        resumed = train_here(data_dir, tmp_path, max_epochs=2, resume=True)
+    assert f"checkpoint {path} holds no lr_scheduler state: its learning rate schedule starts again" in lines.getvalue()
+    assert resumed.parser.get_parsed_content("train#trainer").state.epoch == 2
+
+
 def test_a_checkpoint_the_rotation_remembers_and_that_is_gone_is_skipped(data_dir: Path, tmp_path: Path) -> None:
     """The resumed run counts the killed run's checkpoints 1 and 2 in its rotation; checkpoint 1 is deleted behind its
     back (as the killed run's own rotation did when that run was still alive, killed only through its launcher, or

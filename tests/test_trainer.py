@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from monai.networks import one_hot
 
 from bundle.losses import Vox2VoxLoss
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
-from bundle.trainer import Vox2VoxTrainer, autocast_kwargs, gan_losses
+from bundle.trainer import POLY_EXPONENT, Vox2VoxTrainer, autocast_kwargs, gan_losses, learning_rate_schedule
 
 
 def make_trainer(generator, discriminator, batch, **kwargs) -> Vox2VoxTrainer:
@@ -88,3 +89,35 @@ def test_autocast_type_is_checked_by_name() -> None:
     generator, discriminator = Vox2VoxGenerator(features=4), Vox2VoxDiscriminator(channels=4)
     with pytest.raises(ValueError, match="amp_dtype must be one of"):
         make_trainer(generator, discriminator, tiny_batch(), amp=True, amp_dtype="fp16")
+
+
+def rates(schedule: str, max_epochs: int, epochs: int) -> list[float]:
+    """The learning rate of each of ``epochs`` epochs, stepped once per epoch as ``LrScheduleHandler`` does."""
+    optimizer = torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+    scheduler = learning_rate_schedule(optimizer, schedule, max_epochs)
+    seen = []
+    for _ in range(epochs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_the_constant_schedule_keeps_the_papers_rate_and_poly_decays_it_to_zero_at_max_epochs() -> None:
+    assert rates("constant", 10, 10) == [1e-3] * 10
+    poly = rates("poly", 10, 11)
+    expected = [1e-3 * (1 - epoch / 10) ** POLY_EXPONENT for epoch in range(11)]
+    assert poly == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert poly[0] == 1e-3 and poly[-1] == 0.0 and all(a > b for a, b in zip(poly, poly[1:]))
+
+
+@pytest.mark.parametrize(
+    "schedule, max_epochs, message",
+    [("cosine", 10, "lr_schedule must be one of ['constant', 'poly'], got 'cosine'"),
+     ("poly", 0, "max_epochs must be a positive integer, got 0"),
+     ("poly", "90", "max_epochs must be a positive integer, got '90'")],
+)  # fmt: skip
+def test_a_bad_schedule_or_run_length_is_refused_by_name(schedule: str, max_epochs, message: str) -> None:
+    optimizer = torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        learning_rate_schedule(optimizer, schedule, max_epochs)
