@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="data and one bundle_root per augmentation set; a rerun reuses the data",
     )
     p.add_argument("--augmentations", default="paper,robust", help="comma-separated sets to compare")
-    p.add_argument("--num-cases", type=int, default=20, help="training cases (as make demo)")
+    p.add_argument("--num-cases", type=int, default=40, help="training cases (as make demo)")
     p.add_argument("--num-test-cases", type=int, default=5, help="held-out cases (as make demo)")
     p.add_argument("--num-shifted-cases", type=int, default=10, help="shifted cases (as make demo)")
     p.add_argument("--seed", type=int, default=0, help="data seed; training uses the configs' random_seed")

@@ -8,7 +8,7 @@ Every step is printed before it runs, so the demo doubles as a walk-through of t
 data. Everything is written under ``--output-dir`` (default ``demo/``), a folder the demo marks as its own: a
 rerun reuses its data and replaces its earlier results; a folder the demo did not make is never touched.
 
-    python scripts/demo.py [--output-dir demo] [--num-cases 20] [--num-test-cases 5] [--num-shifted-cases 10] [--seed 0]
+    python scripts/demo.py [--output-dir demo] [--num-cases 40] [--num-test-cases 5] [--num-shifted-cases 10] [--seed 0]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def dice(eval_dir: Path) -> dict[str, float]:
 
 
 def main(
-    output_dir: str = "demo", num_cases: int = 20, num_test_cases: int = 5, num_shifted_cases: int = 10, seed: int = 0
+    output_dir: str = "demo", num_cases: int = 40, num_test_cases: int = 5, num_shifted_cases: int = 10, seed: int = 0
 ) -> None:
     """Makes demo data, trains a small Vox2Vox on the CPU, evaluates it on held-out and shifted cases, segments."""
     out = Path(output_dir).resolve()
