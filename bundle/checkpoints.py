@@ -335,9 +335,11 @@ def start_training(
                 logger.warning(f"checkpoint {path} holds no seed and data of its run: they cannot be checked, and the "
                                "resumed epochs need not draw the random numbers of an uninterrupted run")  # fmt: skip
         for key, scheduler in to_load.items():
+            if not isinstance(scheduler, PolynomialLR):
+                continue
             # a decay fixed to the run's length cannot stretch to another: the rate would stay at 0 past the old end
-            saved_end = state[key].get("total_iters") if isinstance(state.get(key), dict) else None
-            if isinstance(scheduler, PolynomialLR) and saved_end is not None and saved_end != max_epochs:
+            saved_end = state[key].get("total_iters", max_epochs)
+            if saved_end != max_epochs:
                 raise ValueError(
                     f"checkpoint {path}: its {key} decays the learning rate to 0 at epoch {saved_end}, max_epochs is "
                     f"{max_epochs}; resume with --max_epochs {saved_end}, or start a new run for a longer schedule."

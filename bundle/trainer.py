@@ -50,8 +50,8 @@ def learning_rate_schedule(optimizer: Optimizer, schedule: str, max_epochs: int)
     """The epoch-level learning-rate scheduler named ``schedule`` for ``optimizer`` (stepped by MONAI's
     ``LrScheduleHandler`` after each epoch; its state is in the training checkpoint, so a resumed run continues it).
 
-    ``constant``: the paper's fixed rate. ``poly``: ``lr * (1 - epoch / max_epochs) ** 0.9``, nnU-Net's decay, which
-    lets a short run (the CPU demo) settle instead of stopping at the rate of its noisiest steps.
+    ``constant``: the paper's fixed rate. ``poly``: ``lr * (1 - epoch / max_epochs) ** 0.9``, nnU-Net's decay to 0 at
+    ``max_epochs`` (measured neutral on the CPU demo: docs/robustness.md).
     """
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {schedule!r}.")
