@@ -68,6 +68,8 @@ def test_training_writes_checkpoints(trained: Path) -> None:
         "discriminator",
         "optimizer",
         "d_optimizer",
+        "lr_scheduler",  # the learning-rate schedules, continued by a resume
+        "d_lr_scheduler",
         "g_scaler",
         "d_scaler",
         "trainer",
