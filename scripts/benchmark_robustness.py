@@ -30,7 +30,18 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from bundle.benchmark import append_section, machine  # noqa: E402
-from scripts.demo import DEMO_SPACING_MM, EVALUATIONS, dice, evaluate, make_data, prepare_output_dir, train  # noqa: E402
+from scripts.demo import (  # noqa: E402
+    DEMO_SPACING_MM,
+    EVALUATIONS,
+    NUM_CASES,
+    NUM_SHIFTED_CASES,
+    NUM_TEST_CASES,
+    dice,
+    evaluate,
+    make_data,
+    prepare_output_dir,
+    train,
+)
 
 PROGRAM = "benchmark_robustness"
 DEFAULT_OUTPUT = ROOT / "docs" / "robustness.md"
@@ -57,9 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="data and one bundle_root per augmentation set; a rerun reuses the data",
     )
     p.add_argument("--augmentations", default="paper,robust", help="comma-separated sets to compare")
-    p.add_argument("--num-cases", type=int, default=40, help="training cases (as make demo)")
-    p.add_argument("--num-test-cases", type=int, default=5, help="held-out cases (as make demo)")
-    p.add_argument("--num-shifted-cases", type=int, default=10, help="shifted cases (as make demo)")
+    p.add_argument("--num-cases", type=int, default=NUM_CASES, help="training cases (as make demo)")
+    p.add_argument("--num-test-cases", type=int, default=NUM_TEST_CASES, help="held-out cases (as make demo)")
+    p.add_argument("--num-shifted-cases", type=int, default=NUM_SHIFTED_CASES, help="shifted cases (as make demo)")
     p.add_argument("--seed", type=int, default=0, help="data seed; training uses the configs' random_seed")
     p.add_argument("--spacing", type=float, default=DEMO_SPACING_MM, help="demo data voxel size, mm")
     p.add_argument(

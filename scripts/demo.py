@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".vox2vox-demo"  # marks a folder made by this script, whose results it may replace
 RESULTS = ("models", "logs", "eval", "eval_shifted", "predictions")  # what a rerun replaces; the data is kept
 DEMO_SPACING_MM = 2.0  # the demo's data grid: 120 x 120 x 78 voxels, 8x fewer than BraTS' 1 mm
+#: the demo's case counts: training (fold 0 of 5 validates), held-out and shifted test cases
+NUM_CASES, NUM_TEST_CASES, NUM_SHIFTED_CASES = 40, 5, 10
 STEPS = 5
 #: Dice the demo's model is meant to reach on the held-out cases and on the shifted set (docs/robustness.md); a run
 #: may land a little below, as training on 2 cores is short: printed, not enforced
@@ -128,7 +130,11 @@ def dice(eval_dir: Path) -> dict[str, float]:
 
 
 def main(
-    output_dir: str = "demo", num_cases: int = 40, num_test_cases: int = 5, num_shifted_cases: int = 10, seed: int = 0
+    output_dir: str = "demo",
+    num_cases: int = NUM_CASES,
+    num_test_cases: int = NUM_TEST_CASES,
+    num_shifted_cases: int = NUM_SHIFTED_CASES,
+    seed: int = 0,
 ) -> None:
     """Makes demo data, trains a small Vox2Vox on the CPU, evaluates it on held-out and shifted cases, segments."""
     out = Path(output_dir).resolve()
