@@ -39,7 +39,8 @@ FLOORS = {"held-out": {"WT": 0.75, "mean": 0.75}, "shifted": {"mean": 0.6}}
 
 BUNDLE_RUN = [sys.executable, "-m", "monai.bundle", "run"]
 TRAIN_CONFIGS = "['configs/train.yaml','configs/demo.yaml']"
-EVAL_CONFIGS = "['configs/train.yaml','configs/demo.yaml','configs/evaluate.yaml']"
+# demo.yaml last: its settings (sizes, tta) override those of evaluate.yaml as well as train.yaml's
+EVAL_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml','configs/demo.yaml']"
 #: the demo's data sets: (folder, what it holds, seed offset, shifted)
 DATA_SETS = (
     ("data", "training cases on real MNI152 anatomy", 0, False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.inferers import SlidingWindowInferer
 
 from bundle.demo_data import make_dataset
+from bundle.inference import EnsembleInferer
 from bundle.metrics import METRIC_NAMES
 from helpers import TINY_MODEL, cli_overrides
+from scripts import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -157,6 +161,35 @@ def test_check_properties_is_empty(config_files: list[str], workflow_type: str, 
     )  # fmt: skip
     workflow.initialize()
     assert not workflow.check_properties()
+
+
+def evaluating_inferer(config_files: list[str], tmp_path: Path, **overrides: object) -> EnsembleInferer:
+    """The inferer the evaluating workflow of ``config_files`` (in this order) scores cases with."""
+    workflow = ConfigWorkflow(
+        config_file=[str(ROOT / f) for f in config_files], meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type="infer", bundle_root=str(tmp_path), **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    return workflow.parser.get_parsed_content("evaluate#evaluator#inferer")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "passes", "uncertainty"),
+    [({}, 1, False), ({"tta": "true"}, 8, False), ({"tta": "false"}, 1, False), ({"quality": "true"}, 8, True)],
+)
+def test_evaluating_scores_the_flip_tta_prediction_when_asked(
+    overrides: dict[str, str], passes: int, uncertainty: bool, tmp_path: Path
+) -> None:
+    # --tta true scores what inference's --tta true writes; the quality check's uncertainty needs the flips
+    inferer = evaluating_inferer(["configs/train.yaml", "configs/evaluate.yaml"], tmp_path, **overrides)
+    assert isinstance(inferer, EnsembleInferer) and isinstance(inferer.inferer, SlidingWindowInferer)
+    assert len(inferer.flips) == passes and inferer.uncertainty is uncertainty
+
+
+def test_the_demo_evaluates_with_flip_tta(tmp_path: Path) -> None:
+    # demo.yaml's tta: true reaches the evaluation only if no later config sets tta again
+    inferer = evaluating_inferer(ast.literal_eval(demo.EVAL_CONFIGS), tmp_path)
+    assert len(inferer.flips) == 8 and not inferer.uncertainty
 
 
 def test_metadata_is_valid_against_the_model_zoo_schema() -> None:
