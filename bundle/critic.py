@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 
 from bundle.checkpoints import check_writable_folder
 from bundle.handlers import write_atomically
-from bundle.inference import load_generator_weights
+from bundle.inference import flip_dims, load_generator_weights
 from bundle.labels import REGIONS
 from bundle.trainer import autocast_kwargs, stop_if_not_finite
 from bundle.transforms import class_map_to_regions
@@ -56,6 +56,7 @@ __all__ = [
     "check_critic_path",
     "critic_dice",
     "critic_from_discriminator",
+    "criticise",
     "error_map",
     "load_critic",
     "patch_shares",
@@ -157,6 +158,28 @@ def error_map(logits: torch.Tensor, segmentation_regions: torch.Tensor) -> torch
     inside = segmentation_regions.float()
     wrong = inside * p[:, :NUM_REGIONS] + (1 - inside) * p[:, NUM_REGIONS:]
     return wrong.amax(dim=1, keepdim=True)
+
+
+def criticise(
+    critic: QualityCritic, image: torch.Tensor, classes: torch.Tensor, flip_axes: Sequence[int] | None = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's estimated Dice ``(B, 3)`` (:func:`critic_dice`) of the class maps ``classes`` ``(B, *spatial)``
+    of ``image`` ``(B, 4, *spatial)``, and its error map ``(B, 1, *spatial)`` (:func:`error_map`), each the mean
+    over the flips of ``flip_axes`` (:func:`bundle.inference.flip_dims`: ``2 ** len(flip_axes)`` passes, each map
+    flipped back), on the CPU. As the model's flip TTA does for its probabilities, the mean evens out what one
+    orientation, and the fixed place of the patch grid, make of a case. No gradient."""
+    device = next(critic.parameters()).device
+    regions = region_masks(classes.long())
+    onehot = F.one_hot(classes.long(), NUM_CLASSES).movedim(-1, 1).float()
+    flips = flip_dims(flip_axes, classes.ndim - 1)
+    dice, wrong = torch.zeros(()), torch.zeros(())
+    with torch.no_grad():
+        for dims in flips:
+            image_f, onehot_f, regions_f = (torch.flip(t, dims) for t in (image.float(), onehot, regions))
+            logits = critic(image_f.to(device), onehot_f.to(device)).float().cpu()
+            dice = dice + critic_dice(logits, regions_f)
+            wrong = wrong + torch.flip(error_map(logits, regions_f), dims)  # flipped back
+    return dice / len(flips), wrong / len(flips)
 
 
 def true_dice(segmentation_regions: torch.Tensor, reference_regions: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ __all__ = [
     "SaveOnInputGridd",
     "checkpoint_paths",
     "entropy",
+    "flip_dims",
     "inference_cases",
     "load_ensemble",
     "load_generator_weights",
@@ -150,6 +151,17 @@ class GeneratorWeightsLoader:
 # ---- ensemble and test-time augmentation ----------------------------------------------------------------------
 
 
+def flip_dims(flip_axes: Sequence[int] | None, spatial_dims: int = 3) -> list[tuple[int, ...]]:
+    """The flips of test-time augmentation over ``flip_axes`` (spatial axes, 0 = the first): one per subset of
+    them, the empty one (the unflipped input) first, each as the tensor dims of a ``(batch, channel, *spatial)``
+    input, ready for ``torch.flip``. Empty or ``None``: the unflipped input alone."""
+    axes = list(flip_axes or [])
+    valid = all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in axes)
+    if not valid or len(set(axes)) != len(axes):
+        raise ValueError(f"flip_axes (tta_flip_axes) must be distinct axes in [0, {spatial_dims}), got {flip_axes!r}")
+    return [tuple(a + 2 for a in subset) for r in range(len(axes) + 1) for subset in itertools.combinations(axes, r)]
+
+
 class EnsembleInferer(Inferer):
     """Averages the class probabilities of ``inferer`` (e.g. a Gaussian sliding window) over networks x flips.
 
@@ -184,18 +196,9 @@ class EnsembleInferer(Inferer):
         networks = list(networks or [])
         if not all(isinstance(n, nn.Module) for n in networks):
             raise TypeError(f"networks must be torch.nn.Module instances, got {[type(n).__name__ for n in networks]}")
-        axes = list(flip_axes or [])
-        valid = all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in axes)
-        if not valid or len(set(axes)) != len(axes):
-            raise ValueError(
-                f"flip_axes (tta_flip_axes) must be distinct axes in [0, {spatial_dims}), got {flip_axes!r}"
-            )
         self.inferer = inferer
         self.networks = networks
-        # each flip as the tensor dims of a (batch, channel, *spatial) input; () is the unflipped input
-        self.flips: list[tuple[int, ...]] = [
-            tuple(a + 2 for a in subset) for r in range(len(axes) + 1) for subset in itertools.combinations(axes, r)
-        ]
+        self.flips = flip_dims(flip_axes, spatial_dims)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

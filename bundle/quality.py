@@ -58,10 +58,10 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from bundle.checkpoints import check_writable_folder
-from bundle.critic import CRITIC_SCORE_NAMES, QualityCritic, critic_dice, error_map, region_masks
+from bundle.critic import CRITIC_SCORE_NAMES, QualityCritic, criticise
 from bundle.datalist import case_id_from_path
 from bundle.handlers import write_atomically
-from bundle.inference import load_generator_weights, save_map_on_input_grid
+from bundle.inference import flip_dims, load_generator_weights, save_map_on_input_grid
 from bundle.labels import REGIONS
 from bundle.metrics import dice
 
@@ -265,6 +265,9 @@ class QualityScorer:
         spacing: voxel size (mm) of the model's grid, for ``volume_ml``.
         discriminator_input: ``onehot`` (default, see the module docstring) or ``probabilities`` (the generator's,
             when given).
+        critic_flip_axes: spatial axes whose flips, in every combination, the critic's estimated Dice and error map
+            are averaged over (:func:`bundle.critic.criticise`); the configs pass the model's ``tta_flip_axes``.
+            Empty: one pass.
     """
 
     def __init__(
@@ -274,6 +277,7 @@ class QualityScorer:
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         discriminator_input: str = "onehot",
         critic: QualityCritic | None = None,
+        critic_flip_axes: Sequence[int] | None = (),
     ) -> None:
         if not isinstance(discriminator, nn.Module):
             raise TypeError(f"discriminator must be a torch.nn.Module, got {type(discriminator).__name__}")
@@ -289,6 +293,8 @@ class QualityScorer:
         self.calibration = dict(calibration) if calibration is not None else None
         self.spacing = spacing
         self.discriminator_input = discriminator_input
+        flip_dims(critic_flip_axes)  # checked now, not at the first case
+        self.critic_flip_axes = list(critic_flip_axes or [])
 
     def plausibility(self, image: torch.Tensor, segmentation: torch.Tensor) -> torch.Tensor:
         """D's patch logits on ``(image, segmentation)`` (``(C, *spatial)`` each; the segmentation one-hot or
@@ -357,21 +363,18 @@ class QualityScorer:
         scores["d_score_tumour"] = float(d[region].mean()) if region.any() else scores["d_score"]
         scores.update(dict.fromkeys(CRITIC_SCORE_NAMES, math.nan))
         if self.critic is not None:
-            critic_scores, maps["quality"] = self.criticise(image, onehot, classes)
+            critic_scores, maps["quality"] = self.criticise(image, classes)
             scores.update(critic_scores)
         scores.update(apply_calibration(self.calibration, scores))
         return scores, maps
 
-    def criticise(self, image: torch.Tensor, onehot: torch.Tensor, classes: torch.Tensor
-                  ) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
-        """The critic's estimated Dice of each region (and their mean) and its error map ``(1, *spatial)``."""
-        device = next(self.critic.parameters()).device
-        regions = region_masks(classes[None])
-        with torch.no_grad():
-            logits = self.critic(image[None].to(device), onehot[None].to(device)).float().cpu()
-        dice = critic_dice(logits, regions)[0].tolist()
-        scores = dict(zip(CRITIC_SCORE_NAMES, [*dice, float(np.mean(dice))]))
-        return scores, error_map(logits, regions)[0]
+    def criticise(self, image: torch.Tensor, classes: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """The critic's estimated Dice of each region (and their mean) and its error map ``(1, *spatial)``, each
+        averaged over the flips of ``critic_flip_axes``."""
+        assert self.critic is not None
+        dice, wrong = criticise(self.critic, image[None], classes[None], self.critic_flip_axes)
+        values = dice[0].tolist()
+        return dict(zip(CRITIC_SCORE_NAMES, [*values, float(np.mean(values))])), wrong[0]
 
 
 # ---- calibration ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from bundle.critic import (
     QualityCritic,
     check_critic_path,
     critic_dice,
+    criticise,
     error_map,
     load_critic,
     patch_shares,
@@ -165,6 +166,31 @@ def test_after_a_short_training_a_reference_scores_higher_than_a_corrupted_copy(
     assert all(m < 0 for m in margins()), margins()  # untrained: each scores above the reference
     trainer(critic, generator, [synthetic_case(seed) for seed in range(10, 16)], epochs=16, lr=3e-3).run()
     assert all(m > 0 for m in margins()), margins()
+
+
+def test_the_flip_averaged_estimate_is_the_mean_over_every_flip() -> None:
+    """No flips: the one pass of critic_dice and error_map. Over the 8 flips the mean is the same for a flipped
+    copy of the case (the map flipped with it), which holds only if every flip is counted once and each map is
+    flipped back; and it differs from the one pass (a patch grid that does not divide 30 voxels evenly)."""
+    _, discriminator = tiny_networks()
+    critic = QualityCritic(discriminator).eval()
+    torch.nn.init.normal_(critic.body.final_conv.weight, std=0.05)  # outputs that depend on the input
+    image, label = synthetic_case(4)
+    image, classes = image[None, :, :30, :29], label[:, :30, :29]
+    dice, wrong = criticise(critic, image, classes)
+    onehot = torch.nn.functional.one_hot(classes, 4).permute(0, 4, 1, 2, 3).float()
+    with torch.no_grad():
+        logits = critic(image, onehot)
+    torch.testing.assert_close(dice, critic_dice(logits, region_masks(classes)))
+    torch.testing.assert_close(wrong, error_map(logits, region_masks(classes)))
+    mean_dice, mean_wrong = criticise(critic, image, classes, flip_axes=[0, 1, 2])
+    assert mean_dice.shape == (1, 3) and mean_wrong.shape == (1, 1, 30, 29, SIZE)
+    assert not torch.allclose(mean_dice, dice, atol=1e-4)
+    flipped_dice, flipped_wrong = criticise(critic, image.flip(2, 4), classes.flip(1, 3), flip_axes=[0, 1, 2])
+    torch.testing.assert_close(flipped_dice, mean_dice)
+    torch.testing.assert_close(flipped_wrong, mean_wrong.flip(2, 4))
+    with pytest.raises(ValueError, match=r"flip_axes \(tta_flip_axes\) must be distinct axes in \[0, 3\), got \[0, 0\]"):
+        QualityScorer(discriminator, critic=critic, critic_flip_axes=[0, 0])
 
 
 def test_scores_reach_monai_label_and_a_missing_critic_leaves_them_empty() -> None:
