@@ -189,7 +189,7 @@ def test_the_flip_averaged_estimate_is_the_mean_over_every_flip() -> None:
     flipped_dice, flipped_wrong = criticise(critic, image.flip(2, 4), classes.flip(1, 3), flip_axes=[0, 1, 2])
     torch.testing.assert_close(flipped_dice, mean_dice)
     torch.testing.assert_close(flipped_wrong, mean_wrong.flip(2, 4))
-    with pytest.raises(ValueError, match=r"flip_axes \(tta_flip_axes\) must be distinct axes in \[0, 3\), got \[0, 0\]"):
+    with pytest.raises(ValueError, match=r"flip_axes \(tta_flip_axes\) must be distinct axes in \[0, 3\), got \[0, 0"):
         QualityScorer(discriminator, critic=critic, critic_flip_axes=[0, 0])
 
 
