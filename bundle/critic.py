@@ -18,6 +18,7 @@ segmentation's own share ``s`` of each patch, ``s p_fp`` and ``(1 - s) p_fn`` ar
 false-negative shares of the patch: summed over the patches they give each region's estimated Dice
 (:func:`critic_dice`), so the Dice and the map agree by construction. Voxel-wise (:func:`error_map`), the map is the
 probability that the segmentation is wrong at the voxel: the larger of its regions' error probabilities there.
+The quality check (:func:`criticise`) averages both over the flips of the model's flip TTA.
 
 Why our own module: MONAI has segmentation quality metrics against a reference, but no reference-free critic.
 """
