@@ -213,11 +213,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not needed.is_file():
             raise SystemExit(f"benchmark_quality: {needed} not found: train the demo first (make demo)")
     data = ["--dataset_dir", str(root / "data"), "--datalist_file", str(root / "datalist.json")]
+    # demo.yaml last in both lists below, as scripts/demo.py merges it: its settings override every other config's
     if not (root / "models/critic.pt").is_file():  # on the demo's training cases, as a user trains it
         epochs = ["--critic_max_epochs", str(args.critic_epochs)] if args.critic_epochs else []
-        critic_configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "demo", "evaluate", "critic")]
+        critic_configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "critic", "demo")]
         bundle_run(root, critic_configs, *data, *epochs, workflow="training_critic")
-    configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "demo", "evaluate", "quality")]
+    configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "quality", "demo")]
     flips = ["--tta_flip_axes", args.tta_flip_axes]
     from bundle.demo_data import make_dataset
 
