@@ -16,6 +16,10 @@ validation fold (``<bundle-root>/models/quality_calibration.json``, fitted here 
 4 cases). Further calibrations on the same validation rows, from other scores, show what each adds.
 
     python scripts/benchmark_quality.py --bundle-root demo [--num-cases 10] [--num-shifted-cases 20]
+        [--critic other_critic.pt --output-dir demo/quality_benchmark_other]
+
+``--critic`` benchmarks another trained critic file (an ablation's ``training_critic --critic_ckpt_path ...``) in
+place of ``<bundle-root>/models/critic.pt``, with a calibration fitted anew on its scores.
 
 Writes ``<output-dir>/rows_<set>.csv`` (every scored segmentation), ``results.json`` and ``table.md``.
 """
@@ -60,6 +64,8 @@ SCORES: dict[str, tuple[str, bool, str]] = {
     "confidence_wt": ("dice_WT", True, "baseline: model's mean probability of tumour / background as segmented"),
     "critic_dice_mean": ("dice_mean", True, "the quality critic's estimated mean Dice (alone, uncalibrated)"),
     "critic_dice_WT": ("dice_WT", True, "the quality critic's estimated WT Dice"),
+    "critic_dice_TC": ("dice_TC", True, "the quality critic's estimated TC Dice"),
+    "critic_dice_ET": ("dice_ET", True, "the quality critic's estimated ET Dice"),
 }
 #: the voxel maps whose AUROC against the true error map (segmentation != reference, in the brain) is reported
 MAPS: dict[str, str] = {"critic_auroc": "the critic's error map", "d_auroc": "the discriminator's 1 - D"}
@@ -192,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="their seed")
     parser.add_argument("--critic-epochs", type=int, help="epochs of training_critic where models/critic.pt is "
                         "missing (default: configs/critic.yaml's)")  # fmt: skip
+    parser.add_argument("--critic", help="a trained critic file to benchmark instead of <bundle-root>/models/critic.pt "
+                        "(never trained or replaced here)")  # fmt: skip
     args = parser.parse_args(argv)
     for name in ("calibration_cases", "num_shifted_cases"):
         if getattr(args, name) < 0:
@@ -207,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"choose another {name} seed")  # fmt: skip
     if len(set(seeds.values())) < len(seeds):
         raise SystemExit(f"benchmark_quality: the test, shifted and calibration seeds must differ, got {seeds}")
+    if args.critic is not None and not args.calibration_cases:
+        raise SystemExit("benchmark_quality: --critic needs --calibration-cases >= 1: the demo's own calibration was "
+                         "fitted on models/critic.pt's scores")  # fmt: skip
+    if args.critic is not None and not Path(args.critic).is_file():
+        raise SystemExit(f"benchmark_quality: critic {args.critic} not found: train it with training_critic "
+                         "--critic_ckpt_path ...")  # fmt: skip
     root = Path(args.bundle_root).resolve()
     out = Path(args.output_dir).resolve() if args.output_dir else root / "quality_benchmark"
     for needed in (root / "models/model.pt", root / "models/discriminator.pt", root / "datalist.json"):
@@ -214,12 +228,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"benchmark_quality: {needed} not found: train the demo first (make demo)")
     data = ["--dataset_dir", str(root / "data"), "--datalist_file", str(root / "datalist.json")]
     # demo.yaml last in both lists below, as scripts/demo.py merges it: its settings override every other config's
-    if not (root / "models/critic.pt").is_file():  # on the demo's training cases, as a user trains it
+    critic = ["--critic_ckpt_path", str(Path(args.critic).resolve())] if args.critic else []
+    if not args.critic and not (root / "models/critic.pt").is_file():  # on the demo's training cases, as a user would
         epochs = ["--critic_max_epochs", str(args.critic_epochs)] if args.critic_epochs else []
         critic_configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "critic", "demo")]
         bundle_run(root, critic_configs, *data, *epochs, workflow="training_critic")
     configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "quality", "demo")]
-    flips = ["--tta_flip_axes", args.tta_flip_axes]
+    # the flips of the TTA, and the critic file where --critic names one
+    scoring = ["--tta_flip_axes", args.tta_flip_axes, *critic]
     from bundle.demo_data import make_dataset
 
     if args.calibration_cases:  # fresh validation cases, never seen in training: fitted anew on every run
@@ -231,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         bundle_run(root, configs, "--dataset_dir", str(calibration_dir), "--num_folds", "1", "--eval_split", "all",
                    "--calibration_file", str(calibration_file), "--overwrite_calibration", "true",
                    "--calibration_rows_csv", str(calibration_rows_csv), "--eval_dir", str(out / "calibration"),
-                   *flips)  # fmt: skip
+                   *scoring)  # fmt: skip
     else:  # the demo's own: fitted on the validation fold of its training data, never on test cases
         calibration_file = root / "models/quality_calibration.json"
         calibration_rows_csv = root / "eval/quality_calibration_rows.csv"
@@ -241,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "rerun `calibrating` with --overwrite_calibration true, or pass --calibration-cases N"
             )
         if not calibration_file.is_file():
-            bundle_run(root, configs, *data, *flips)
+            bundle_run(root, configs, *data, *scoring)
     calibration = load_calibration(calibration_file, required=True)
     calibration_rows = read_rows(calibration_rows_csv)
     test_sets = {"held-out": (args.num_cases, args.seed, False), "shifted": (args.num_shifted_cases,
@@ -258,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows_csv = out / f"rows_{name}.csv"
         bundle_run(root, configs, "--dataset_dir", str(test_dir), "--num_folds", "1",
                    "--eval_split", "all", "--fit_calibration", "false", "--calibration_rows_csv", str(rows_csv),
-                   "--eval_dir", str(out / f"eval_{name}"), *flips)  # fmt: skip
+                   "--eval_dir", str(out / f"eval_{name}"), *scoring)  # fmt: skip
         results["sets"][name] = {"test_cases": str(test_dir),
                                  **summarise(read_rows(rows_csv), calibration, calibration_rows)}  # fmt: skip
         summary = results["sets"][name]
@@ -268,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores)",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "scripts/benchmark_quality.py", *(argv or sys.argv[1:])]),
+        "critic": str(Path(args.critic).resolve() if args.critic else root / "models/critic.pt"),
         "calibration": {"file": str(calibration_file), "cases": calibration.get("cases"),
                         "num_rows": calibration["num_rows"], "fit_date": calibration["fit_date"]},
     })  # fmt: skip

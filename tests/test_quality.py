@@ -309,7 +309,8 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     for n in range(40):
         dice = n / 40
         rows.append({"case_id": f"c{n // 4}", "source": "prediction" if n % 4 == 0 else "erosion", "dice_WT": dice,
-                     "dice_mean": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
+                     "dice_mean": dice, "dice_ET": dice, "dice_TC": 1 - dice, "critic_dice_ET": dice + 1,
+                     "critic_dice_TC": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
                      "d_score_tumour": dice, "uncertainty": 1.0 - dice, "volume_ml": rng.random(),
                      "confidence": dice, "confidence_wt": dice, "d_score_probabilities": 0.5,
                      "critic_dice_mean": dice**2, "critic_dice_WT": 1 - rng.random(),
@@ -326,6 +327,8 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     assert scores["est_WT_d_and_uncertainty"]["all"]["spearman"] > 0.9  # d_score tracks the Dice here
     assert scores["critic_dice_mean"]["predictions"]["spearman"] == pytest.approx(1.0)  # monotone: a rank measure
     assert abs(scores["critic_dice_WT"]["all"]["spearman"]) < 0.5  # noise here
+    assert scores["critic_dice_ET"]["all"]["spearman"] == pytest.approx(1.0)  # each region against its own Dice
+    assert scores["critic_dice_TC"]["all"]["spearman"] == pytest.approx(-1.0)
     assert scores["est_mean_with_critic"]["all"]["spearman"] > 0.9
     assert results["maps"]["critic_auroc"]["predictions"] == {"n": 10, "auroc": pytest.approx(0.9)}
     assert results["maps"]["critic_auroc"]["all"]["auroc"] == pytest.approx(0.75)
@@ -346,6 +349,8 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path: Path) -> None
         (["--shifted-seed", "100"], "seeds must differ"),  # the held-out cases' default seed
         (["--num-shifted-cases", "-1"], "--num-shifted-cases must be >= 0"),
         (["--critic-epochs", "0"], "--critic-epochs must be >= 1"),
+        (["--critic", str(tmp_path / "critic.pt"), "--calibration-cases", "0"], "--critic needs --calibration-cases"),
+        (["--critic", str(tmp_path / "other.pt")], r"critic .*other.pt not found: train it"),
         (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train"),
     ]:
         with pytest.raises(SystemExit, match=message):  # the last: the calibration seed is not used with 0 cases
