@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.critic is not None and not args.calibration_cases:
         raise SystemExit("benchmark_quality: --critic needs --calibration-cases >= 1: the demo's own calibration was "
                          "fitted on models/critic.pt's scores")  # fmt: skip
+    if args.critic is not None and args.critic_epochs is not None:
+        raise SystemExit("benchmark_quality: --critic-epochs trains a missing models/critic.pt; with --critic "
+                         "no critic is trained")  # fmt: skip
     if args.critic is not None and not Path(args.critic).is_file():
         raise SystemExit(f"benchmark_quality: critic {args.critic} not found: train it with training_critic "
                          "--critic_ckpt_path ...")  # fmt: skip
@@ -228,14 +231,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"benchmark_quality: {needed} not found: train the demo first (make demo)")
     data = ["--dataset_dir", str(root / "data"), "--datalist_file", str(root / "datalist.json")]
     # demo.yaml last in both lists below, as scripts/demo.py merges it: its settings override every other config's
-    critic = ["--critic_ckpt_path", str(Path(args.critic).resolve())] if args.critic else []
-    if not args.critic and not (root / "models/critic.pt").is_file():  # on the demo's training cases, as a user would
+    critic_file = Path(args.critic).resolve() if args.critic else root / "models/critic.pt"
+    if not critic_file.is_file():  # the demo's own critic, on its training cases, as a user would train it
         epochs = ["--critic_max_epochs", str(args.critic_epochs)] if args.critic_epochs else []
         critic_configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "critic", "demo")]
         bundle_run(root, critic_configs, *data, *epochs, workflow="training_critic")
     configs = [str(ROOT / f"configs/{c}.yaml") for c in ("train", "evaluate", "quality", "demo")]
-    # the flips of the TTA, and the critic file where --critic names one
-    scoring = ["--tta_flip_axes", args.tta_flip_axes, *critic]
+    scoring = ["--tta_flip_axes", args.tta_flip_axes, "--critic_ckpt_path", str(critic_file)]
     from bundle.demo_data import make_dataset
 
     if args.calibration_cases:  # fresh validation cases, never seen in training: fitted anew on every run
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores)",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "scripts/benchmark_quality.py", *(argv or sys.argv[1:])]),
-        "critic": str(Path(args.critic).resolve() if args.critic else root / "models/critic.pt"),
+        "critic": str(critic_file),
         "calibration": {"file": str(calibration_file), "cases": calibration.get("cases"),
                         "num_rows": calibration["num_rows"], "fit_date": calibration["fit_date"]},
     })  # fmt: skip

@@ -351,6 +351,7 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path: Path) -> None
         (["--critic-epochs", "0"], "--critic-epochs must be >= 1"),
         (["--critic", str(tmp_path / "critic.pt"), "--calibration-cases", "0"], "--critic needs --calibration-cases"),
         (["--critic", str(tmp_path / "other.pt")], r"critic .*other.pt not found: train it"),
+        (["--critic", str(tmp_path / "other.pt"), "--critic-epochs", "5"], "with --critic no critic is trained"),
         (["--calibration-cases", "0", "--calibration-seed", "0"], "model.pt not found: train"),
     ]:
         with pytest.raises(SystemExit, match=message):  # the last: the calibration seed is not used with 0 cases
