@@ -29,7 +29,7 @@ import copy
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -276,13 +276,31 @@ def save_critic(critic: nn.Module, path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
-def _corrupted(classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator, levels: Sequence[int]) -> np.ndarray:
-    """One graded corruption of ``classes`` of a random kind and strength (``classes`` itself when it is empty)."""
-    from bundle.quality import CORRUPTION_KINDS, corruptions
+def corruption_chances(weights: Mapping[str, float] | None) -> tuple[list[str], np.ndarray]:
+    """The corruption kinds and the chance of each, from relative ``weights`` per kind (``None``: every kind of
+    :data:`bundle.quality.CORRUPTION_KINDS` alike). Unknown kinds, negative weights or no positive weight: an error
+    naming them."""
+    from bundle.quality import CORRUPTION_KINDS
+
+    weights = dict.fromkeys(CORRUPTION_KINDS, 1.0) if weights is None else dict(weights)
+    unknown = [k for k in weights if k not in CORRUPTION_KINDS]
+    if unknown:
+        raise ValueError(f"corruption_weights: unknown corruption kinds {unknown}; choose from {CORRUPTION_KINDS}")
+    values = np.array([float(v) for v in weights.values()])
+    if not np.all(np.isfinite(values) & (values >= 0)) or not values.sum() > 0:
+        raise ValueError(f"corruption_weights must be finite, >= 0 and not all 0, got {weights}")
+    return list(weights), values / values.sum()
+
+
+def _corrupted(classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator, levels: Sequence[int],
+               kinds: Sequence[str], chances: np.ndarray) -> np.ndarray:  # fmt: skip
+    """One graded corruption of ``classes``, its kind drawn from ``kinds`` with ``chances`` and its strength from
+    ``levels`` (``classes`` itself when it is empty)."""
+    from bundle.quality import corruptions
 
     if not np.any(classes > 0):
         return classes
-    kind, level = str(rng.choice(CORRUPTION_KINDS)), int(rng.choice(list(levels)))
+    kind, level = str(rng.choice(kinds, p=chances)), int(rng.choice(list(levels)))
     return corruptions(classes, brain, rng, kinds=[kind], levels=[level])[0].classes
 
 
@@ -292,10 +310,11 @@ class CriticTrainer(SupervisedTrainer):
     Each iteration takes a batch of whole preprocessed cases (image intensity-augmented, label, and ``brain_key``:
     the brain mask taken before the augmentation, whose noise leaves no zero background), predicts each with the
     generator (``generator_inferer``, no gradient), and scores four segmentations of each case: the reference, the
-    prediction, and one random corruption (kind and strength from ``corruption_levels``; dilations and extra
-    lesions stay in the brain) of each; the corruptions are drawn from ``seed``, the epoch and the iteration. The
-    loss (:class:`CriticLoss`) is back-propagated into the critic only; the generator is never updated. ``amp``
-    with ``amp_dtype`` "float16" scales the loss (a gradient scaler), "bfloat16" needs none.
+    prediction, and one random corruption of each: its kind drawn with the relative ``corruption_weights`` (every
+    kind alike by default), its strength from ``corruption_levels``; dilations and extra lesions stay in the brain.
+    The corruptions are drawn from ``seed``, the epoch and the iteration. The loss (:class:`CriticLoss`) is
+    back-propagated into the critic only; the generator is never updated. ``amp`` with ``amp_dtype`` "float16"
+    scales the loss (a gradient scaler), "bfloat16" needs none.
 
     ``engine.state.output`` holds ``loss``, ``map_loss`` and ``dice_loss`` (the mean absolute error of the critic's
     Dice).
@@ -312,6 +331,7 @@ class CriticTrainer(SupervisedTrainer):
         generator_inferer: Callable[[torch.Tensor, nn.Module], torch.Tensor],
         loss_function: CriticLoss,
         corruption_levels: Sequence[int] = (1, 2, 3),
+        corruption_weights: Mapping[str, float] | None = None,
         seed: int | None = 0,
         brain_key: str = "brain",
         amp: bool = False,
@@ -326,6 +346,7 @@ class CriticTrainer(SupervisedTrainer):
 
         if not corruption_levels or any(lv not in LEVEL_FRACTIONS for lv in corruption_levels):
             raise ValueError(f"corruption_levels must be some of {sorted(LEVEL_FRACTIONS)}, got {corruption_levels}")
+        kinds, chances = corruption_chances(corruption_weights)
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
                          optimizer=optimizer, loss_function=loss_function, amp=amp,
                          amp_kwargs=autocast_kwargs(amp_dtype), **kwargs)  # fmt: skip
@@ -334,6 +355,7 @@ class CriticTrainer(SupervisedTrainer):
         self.generator = generator.eval().requires_grad_(False)
         self.generator_inferer = generator_inferer
         self.corruption_levels = list(corruption_levels)
+        self.corruption_kinds, self.corruption_chances = kinds, chances
         self.seed = 0 if seed is None else int(seed)
 
     def segmentations(self, engine: CriticTrainer, image: torch.Tensor, label: torch.Tensor, brain: torch.Tensor
@@ -348,7 +370,8 @@ class CriticTrainer(SupervisedTrainer):
             brain_b = torch.as_tensor(brain[b, 0]).bool().cpu().numpy()
             rng = np.random.default_rng([engine.seed, engine.state.epoch, engine.state.iteration, b])
             pair = [ref.cpu().numpy(), pred[b].cpu().numpy()]
-            corrupted = [_corrupted(c, brain_b, rng, engine.corruption_levels) for c in pair]
+            corrupted = [_corrupted(c, brain_b, rng, engine.corruption_levels, engine.corruption_kinds,
+                                    engine.corruption_chances) for c in pair]  # fmt: skip
             out += [torch.as_tensor(c, device=image.device).long() for c in (*pair, *corrupted)]
         return torch.stack(out)
 

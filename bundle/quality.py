@@ -66,6 +66,8 @@ from bundle.labels import REGIONS
 from bundle.metrics import dice
 
 __all__ = [
+    "CONFUSION_FRACTIONS",
+    "CONFUSIONS",
     "CORRUPTION_KINDS",
     "Corruption",
     "QualityCaseTable",
@@ -97,7 +99,14 @@ LOW_QUANTILE = 0.05  # d_score_low: this quantile of D over the brain, the least
 #: graded corruption strengths 1, 2, 3: the erosion / dilation / shift / missing-part distance as a fraction of the
 #: whole tumour's equivalent-sphere radius (at least one voxel), and the extra lesion's radius likewise
 LEVEL_FRACTIONS: dict[int, float] = {1: 0.15, 2: 0.35, 3: 0.7}
-CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra")
+CORRUPTION_KINDS: tuple[str, ...] = ("erosion", "dilation", "shift", "swap", "missing", "extra", "confusion")
+#: the "confusion" corruption's (true class, class it is given): the sub-region errors of a model on contrasts it
+#: does not know (faint enhancement called oedema or necrosis, a non-enhancing part of the rim called enhancing,
+#: necrosis called oedema, bright oedema called enhancing), which the other kinds, errors of the whole tumour or of
+#: whole sub-regions, do not make (docs/quality.md)
+CONFUSIONS: tuple[tuple[int, int], ...] = ((ET, ED), (ET, NCR), (NCR, ET), (NCR, ED), (ED, ET))
+#: the share of the confused sub-region's voxels, beyond a plane, that each "confusion" level relabels
+CONFUSION_FRACTIONS: dict[int, float] = {1: 1 / 6, 2: 1 / 3, 3: 2 / 3}
 SCORE_NAMES: tuple[str, ...] = ("d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "d_score_tumour",
                                 "confidence_wt", *CRITIC_SCORE_NAMES)  # fmt: skip
 #: what the estimated Dice is fitted on by default: the model's uncertainty, its confidence in the segmentation and
@@ -152,6 +161,17 @@ def _distance(tumour: np.ndarray, level: int) -> int:
     return max(1, int(round(LEVEL_FRACTIONS[level] * radius)))
 
 
+def _beyond_plane(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """The voxels of ``mask`` beyond a plane across a random axis, on a random side, that leaves ``fraction`` of the
+    mask's extent along that axis (its voxels' coordinate quantile) on that side."""
+    axis = int(rng.integers(3))
+    coords = np.nonzero(mask)[axis]
+    index = np.arange(mask.shape[axis]).reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
+    if rng.random() < 0.5:
+        return mask & (index >= np.quantile(coords, 1.0 - fraction))
+    return mask & (index <= np.quantile(coords, fraction))
+
+
 def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tumour = classes > 0
     k = _distance(tumour, level)
@@ -182,6 +202,11 @@ def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng:
             cut = np.quantile(coords, 1.0 - {1: 1 / 6, 2: 1 / 3, 3: 1.0}[level])
             index = np.arange(classes.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
             out[tumour & (index >= cut)] = BACKGROUND
+    elif kind == "confusion":  # part of one sub-region, beyond a plane, given another sub-region's label
+        present = [(a, b) for a, b in CONFUSIONS if np.any(classes == a)]
+        if present:
+            source, target = present[int(rng.integers(len(present)))]
+            out[_beyond_plane(classes == source, CONFUSION_FRACTIONS[level], rng)] = target
     elif kind == "extra":  # a false lesion elsewhere in the brain: oedema around an enhancing core
         radius = max(1, _distance(tumour, level))
         candidates = np.argwhere(brain & ~_within(tumour, radius + 1))
@@ -207,7 +232,8 @@ def corruptions(
     """Graded corruptions of a reference class map (0..3), for calibrating and benchmarking the quality check.
 
     Each of ``kinds`` at each of ``levels`` (1 mild .. 3 strong, see :data:`LEVEL_FRACTIONS`): erosion, dilation,
-    shift of the whole segmentation, swapped sub-region labels, a missing part of the tumour, an extra false lesion.
+    shift of the whole segmentation, swapped sub-region labels, a missing part of the tumour, an extra false lesion,
+    part of one sub-region given another's label (:data:`CONFUSIONS`, :data:`CONFUSION_FRACTIONS` of its voxels).
     ``brain`` (bool, same shape) bounds dilations and places extra lesions. Deterministic for a given ``rng`` seed.
     """
     classes = np.asarray(classes)

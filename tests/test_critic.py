@@ -17,7 +17,9 @@ from bundle.critic import (
     CriticLoss,
     CriticTrainer,
     QualityCritic,
+    _corrupted,
     check_critic_path,
+    corruption_chances,
     critic_dice,
     criticise,
     error_map,
@@ -27,7 +29,7 @@ from bundle.critic import (
     save_critic,
 )
 from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
-from bundle.quality import QualityScored, QualityScorer, corruptions, region_dice
+from bundle.quality import CORRUPTION_KINDS, QualityScored, QualityScorer, corruptions, region_dice
 
 SIZE = 32
 #: each class's mean intensity in T1, T1ce, T2 and FLAIR (z-scored): the image tells the classes apart
@@ -243,3 +245,29 @@ def test_critic_loss_and_trainer_arguments_are_checked() -> None:
         CriticTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=QualityCritic(discriminator),
                       optimizer=torch.optim.Adam(generator.parameters()), generator=generator,
                       generator_inferer=SimpleInferer(), loss_function=CriticLoss(), corruption_levels=[4])  # fmt: skip
+    for weights, message in (
+        ({"blur": 1}, r"unknown corruption kinds \['blur'\]"),
+        ({"shift": -1}, ">= 0"),
+        ({"shift": 0, "swap": 0}, "not all 0"),
+        ({"shift": float("nan")}, "finite"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CriticTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=QualityCritic(discriminator),
+                          optimizer=torch.optim.Adam(generator.parameters()), generator=generator,
+                          generator_inferer=SimpleInferer(), loss_function=CriticLoss(),
+                          corruption_weights=weights)  # fmt: skip
+
+
+def test_corruption_kinds_are_drawn_with_their_weights() -> None:
+    kinds, chances = corruption_chances(None)
+    assert kinds == list(CORRUPTION_KINDS) and np.allclose(chances, 1 / len(CORRUPTION_KINDS))
+    kinds, chances = corruption_chances({"shift": 1, "confusion": 3})
+    assert kinds == ["shift", "confusion"] and np.allclose(chances, [0.25, 0.75])
+    # only confusions: the whole tumour is kept, sub-regions change
+    classes = synthetic_case(0)[1][0].numpy()
+    brain = np.ones(classes.shape, dtype=bool)
+    kinds, chances = corruption_chances({"confusion": 1, "shift": 0})
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out = _corrupted(classes, brain, rng, [1, 2, 3], kinds, chances)
+        assert np.array_equal(out > 0, classes > 0) and not np.array_equal(out, classes)

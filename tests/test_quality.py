@@ -19,6 +19,8 @@ from monai.inferers import SimpleInferer
 from bundle.inference import EnsembleInferer, entropy
 from bundle.networks import Vox2VoxDiscriminator
 from bundle.quality import (
+    CONFUSION_FRACTIONS,
+    CONFUSIONS,
     QualityScorer,
     SplitUncertaintyd,
     apply_calibration,
@@ -58,8 +60,8 @@ def _tumour() -> tuple[np.ndarray, np.ndarray]:
 def test_corruptions_lower_dice_monotonically_with_strength() -> None:
     ref, brain = _tumour()
     found = corruptions(ref, brain, rng=0)
-    assert {(c.kind, c.level) for c in found} == {(k, lv) for k in ("erosion", "dilation", "shift", "swap", "missing",
-                                                                      "extra") for lv in (1, 2, 3)}  # fmt: skip
+    kinds = ("erosion", "dilation", "shift", "swap", "missing", "extra", "confusion")
+    assert {(c.kind, c.level) for c in found} == {(k, lv) for k in kinds for lv in (1, 2, 3)}
     dice = {(c.kind, c.level): region_dice(c.classes, ref) for c in found}
     for kind in ("erosion", "dilation", "shift", "missing", "extra"):
         wt = [dice[(kind, level)]["dice_WT"] for level in (1, 2, 3)]
@@ -79,6 +81,22 @@ def test_corruptions_lower_dice_monotonically_with_strength() -> None:
     # deterministic for a seed
     again = corruptions(ref, brain, rng=0)
     assert all(np.array_equal(a.classes, b.classes) for a, b in zip(found, again))
+
+
+def test_a_confusion_relabels_a_share_of_one_sub_region_as_another() -> None:
+    ref, brain = _tumour()
+    for seed in range(4):
+        for c in corruptions(ref, brain, rng=seed, kinds=["confusion"]):
+            changed = c.classes != ref
+            (source,), (target,) = np.unique(ref[changed]), np.unique(c.classes[changed])
+            assert (int(source), int(target)) in CONFUSIONS
+            assert np.array_equal(c.classes > 0, ref > 0)  # the whole tumour kept
+            # the part beyond a plane: the level's share of the sub-region, and at most one slice of it more
+            coords = np.nonzero(ref == source)
+            share = changed.sum() / len(coords[0])
+            one_slice = max(np.bincount(axis).max() for axis in coords) / len(coords[0])
+            assert CONFUSION_FRACTIONS[c.level] <= share <= CONFUSION_FRACTIONS[c.level] + one_slice, (c.level, share)
+            assert region_dice(c.classes, ref)["dice_mean"] < 1.0
 
 
 def test_corruptions_reject_bad_input() -> None:
