@@ -161,13 +161,15 @@ def _distance(tumour: np.ndarray, level: int) -> int:
     return max(1, int(round(LEVEL_FRACTIONS[level] * radius)))
 
 
-def _beyond_plane(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """The voxels of ``mask`` beyond a plane across a random axis, on a random side, that leaves ``fraction`` of the
-    mask's extent along that axis (its voxels' coordinate quantile) on that side."""
+def _beyond_plane(mask: np.ndarray, fraction: float, rng: np.random.Generator, either_side: bool = True
+                  ) -> np.ndarray:  # fmt: skip
+    """The voxels of (non-empty) ``mask`` beyond a plane across a random axis that leaves ``fraction`` of the mask's
+    extent along that axis (its voxels' coordinate quantile) on that side: the far side of the axis, or either side
+    at random with ``either_side``."""
     axis = int(rng.integers(3))
     coords = np.nonzero(mask)[axis]
     index = np.arange(mask.shape[axis]).reshape([-1 if a == axis else 1 for a in range(mask.ndim)])
-    if rng.random() < 0.5:
+    if not either_side or rng.random() < 0.5:
         return mask & (index >= np.quantile(coords, 1.0 - fraction))
     return mask & (index <= np.quantile(coords, fraction))
 
@@ -197,11 +199,7 @@ def _corrupt(kind: str, level: int, classes: np.ndarray, brain: np.ndarray, rng:
             out[tumour] = ED
     elif kind == "missing":  # the part of the tumour beyond a plane is missed: 1/6, 1/3 or all of its extent
         if tumour.any():
-            axis = int(rng.integers(3))
-            coords = np.nonzero(tumour)[axis]
-            cut = np.quantile(coords, 1.0 - {1: 1 / 6, 2: 1 / 3, 3: 1.0}[level])
-            index = np.arange(classes.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
-            out[tumour & (index >= cut)] = BACKGROUND
+            out[_beyond_plane(tumour, {1: 1 / 6, 2: 1 / 3, 3: 1.0}[level], rng, either_side=False)] = BACKGROUND
     elif kind == "confusion":  # part of one sub-region, beyond a plane, given another sub-region's label
         present = [(a, b) for a, b in CONFUSIONS if np.any(classes == a)]
         if present:
