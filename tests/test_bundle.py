@@ -20,6 +20,7 @@ from monai.inferers import SlidingWindowInferer
 from bundle.demo_data import make_dataset
 from bundle.inference import EnsembleInferer
 from bundle.metrics import METRIC_NAMES
+from bundle.quality import CORRUPTION_KINDS
 from helpers import TINY_MODEL, cli_overrides
 from scripts import demo
 
@@ -336,7 +337,8 @@ def test_quality_check_calibrates_infers_and_evaluates(
                                        "critic_dice_WT"]  # fmt: skip
     assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator", "critic"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
-    assert calibration["num_rows"] == 2 * (2 + 6)  # per case: prediction, reference, six corruptions at level 3
+    # per case: prediction, reference and one corruption of each kind at level 3
+    assert calibration["num_rows"] == 2 * (2 + len(CORRUPTION_KINDS))
     with open(rows_csv) as f:
         rows = list(csv.DictReader(f))
     assert {r["source"] for r in rows} == {"prediction", "reference", "erosion", "dilation", "shift", "swap",
