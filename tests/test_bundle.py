@@ -341,8 +341,7 @@ def test_quality_check_calibrates_infers_and_evaluates(
     assert calibration["num_rows"] == 2 * (2 + len(CORRUPTION_KINDS))
     with open(rows_csv) as f:
         rows = list(csv.DictReader(f))
-    assert {r["source"] for r in rows} == {"prediction", "reference", "erosion", "dilation", "shift", "swap",
-                                            "missing", "extra"}  # fmt: skip
+    assert {r["source"] for r in rows} == {"prediction", "reference", *CORRUPTION_KINDS}
     assert all(float(r["dice_mean"]) == 1.0 for r in rows if r["source"] == "reference")
 
     cases = sorted(p.name for p in data_dir.iterdir())[:2]
