@@ -54,6 +54,7 @@ __all__ = [
     "CriticLoss",
     "CriticTrainer",
     "QualityCritic",
+    "check_corruptions",
     "check_critic_path",
     "critic_dice",
     "critic_from_discriminator",
@@ -292,6 +293,19 @@ def corruption_chances(weights: Mapping[str, float] | None) -> tuple[list[str], 
     return list(weights), values / values.sum()
 
 
+def check_corruptions(levels: Sequence[int], weights: Mapping[str, float] | None
+                      ) -> tuple[list[int], list[str], np.ndarray]:  # fmt: skip
+    """The critic's corruption strengths, kinds and each kind's chance (:func:`corruption_chances`), checked: levels
+    not among :data:`bundle.quality.LEVEL_FRACTIONS`, or bad weights, are an error naming them. The workflow's
+    ``critic_train#check_corruptions`` step calls it before any data is read; :class:`CriticTrainer` calls it too."""
+    from bundle.quality import LEVEL_FRACTIONS
+
+    if not levels or any(level not in LEVEL_FRACTIONS for level in levels):
+        raise ValueError(f"corruption_levels must be some of {sorted(LEVEL_FRACTIONS)}, got {levels}")
+    kinds, chances = corruption_chances(weights)
+    return [int(level) for level in levels], kinds, chances
+
+
 def _corrupted(classes: np.ndarray, brain: np.ndarray, rng: np.random.Generator, levels: Sequence[int],
                kinds: Sequence[str], chances: np.ndarray) -> np.ndarray:  # fmt: skip
     """One graded corruption of ``classes``, its kind drawn from ``kinds`` with ``chances`` and its strength from
@@ -342,11 +356,7 @@ class CriticTrainer(SupervisedTrainer):
             raise TypeError(f"network must be a bundle.critic.QualityCritic, got {type(network).__name__}")
         if not isinstance(loss_function, CriticLoss):
             raise TypeError(f"loss_function must be a bundle.critic.CriticLoss, got {type(loss_function).__name__}")
-        from bundle.quality import LEVEL_FRACTIONS
-
-        if not corruption_levels or any(lv not in LEVEL_FRACTIONS for lv in corruption_levels):
-            raise ValueError(f"corruption_levels must be some of {sorted(LEVEL_FRACTIONS)}, got {corruption_levels}")
-        kinds, chances = corruption_chances(corruption_weights)
+        levels, kinds, chances = check_corruptions(corruption_levels, corruption_weights)
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
                          optimizer=optimizer, loss_function=loss_function, amp=amp,
                          amp_kwargs=autocast_kwargs(amp_dtype), **kwargs)  # fmt: skip
@@ -354,7 +364,7 @@ class CriticTrainer(SupervisedTrainer):
         self.brain_key = brain_key
         self.generator = generator.eval().requires_grad_(False)
         self.generator_inferer = generator_inferer
-        self.corruption_levels = list(corruption_levels)
+        self.corruption_levels = levels
         self.corruption_kinds, self.corruption_chances = kinds, chances
         self.seed = 0 if seed is None else int(seed)
 

@@ -323,6 +323,19 @@ def test_critic_trains_from_config_alone_and_is_not_replaced_unasked(critic: Pat
     assert all(torch.equal(v, weights[k]) for k, v in torch.load(critic, weights_only=True).items())
 
 
+def test_critic_corruptions_are_checked_before_any_data_is_read(trained: Path, tmp_path: Path) -> None:
+    """A bad corruption weight is refused by the workflow's first steps: the data folder, which does not exist,
+    is never read, and no critic is written."""
+    path, absent = tmp_path / "critic.pt", tmp_path / "no_data"
+    bad = subprocess.run(bundle_cmd("run", "training_critic", "--config_file", CRITIC_CONFIGS, "--dataset_dir",
+                                    str(absent), "--bundle_root", str(trained), "--critic_ckpt_path", str(path),
+                                    "--critic_corruption_weights", "{'blur': 1}", *TINY),
+                         cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0
+    assert "corruption_weights: unknown corruption kinds ['blur']" in bad.stderr + bad.stdout
+    assert "resolve_datalist" not in bad.stderr + bad.stdout and not path.exists()  # the data's step never ran
+
+
 def test_quality_check_calibrates_infers_and_evaluates(
     trained: Path, critic: Path, data_dir: Path, tmp_path: Path
 ) -> None:
