@@ -1,10 +1,12 @@
 """The quality critic: the discriminator's architecture trained to say where a segmentation is wrong, and how wrong.
 
 The GAN's discriminator was trained to tell references from generated segmentations; at the LSGAN equilibrium it
-tells nothing apart (docs/quality.md). The critic keeps its architecture (``discriminator_def``) and starts from
-its trained weights (``models/discriminator.pt``), with its one-channel output convolution replaced by one with two
-channels per BraTS region. ``training_critic`` (configs/critic.yaml) fine-tunes it after the GAN, which stays as
-the paper trains it, on (image, segmentation) pairs whose errors are known (:class:`CriticTrainer`):
+tells nothing apart (docs/quality.md). The critic keeps its architecture (``discriminator_def``), with its
+one-channel output convolution replaced by one with two channels per BraTS region, and is trained from scratch: a
+critic started from the discriminator's trained weights ranked the demo's shifted predictions worse (0.69-0.71
+against 0.74-0.76, three seeds each; :func:`new_critic` can still start from them). ``training_critic``
+(configs/critic.yaml) trains it after the GAN, which stays as the paper trains it, on (image, segmentation) pairs
+whose errors are known (:class:`CriticTrainer`):
 
 - the reference;
 - the trained generator's prediction of an intensity-augmented copy of the training image (each modality's
@@ -57,10 +59,10 @@ __all__ = [
     "check_corruptions",
     "check_critic_path",
     "critic_dice",
-    "critic_from_discriminator",
     "criticise",
     "error_map",
     "load_critic",
+    "new_critic",
     "patch_shares",
     "region_masks",
     "save_critic",
@@ -225,13 +227,21 @@ class CriticLoss(nn.Module):
         return map_loss + self.dice_weight * dice_loss, map_loss, dice_loss
 
 
-def critic_from_discriminator(
-    discriminator: nn.Module | Callable[[], nn.Module], path: str | os.PathLike[str], device: str | torch.device
+def new_critic(
+    discriminator: nn.Module | Callable[[], nn.Module],
+    device: str | torch.device,
+    start_from: str | os.PathLike[str] | None = None,
 ) -> QualityCritic:
-    """A new critic starting from the GAN's trained discriminator in ``path`` (``models/discriminator.pt``)."""
-    from bundle.quality import load_discriminator  # bundle.quality imports this module
+    """A new critic on ``device`` with the architecture of ``discriminator`` (``discriminator_def``: a network or a
+    callable making it), its weights as initialised, or with ``start_from`` the GAN's trained discriminator's
+    (``models/discriminator.pt``; an error names a missing file). ``training_critic`` trains it from scratch."""
+    if start_from is not None:
+        from bundle.quality import load_discriminator  # bundle.quality imports this module
 
-    return QualityCritic(load_discriminator(discriminator, path, device)).to(device)
+        discriminator = load_discriminator(discriminator, start_from, device)
+    elif not isinstance(discriminator, nn.Module):
+        discriminator = discriminator()
+    return QualityCritic(discriminator).to(device)
 
 
 def load_critic(

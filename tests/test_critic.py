@@ -24,6 +24,7 @@ from bundle.critic import (
     criticise,
     error_map,
     load_critic,
+    new_critic,
     patch_shares,
     region_masks,
     save_critic,
@@ -84,6 +85,30 @@ def test_critic_keeps_the_discriminator_and_has_two_outputs_per_region() -> None
     assert critic.body is not discriminator and critic.body.final_conv is not discriminator.final_conv
     with pytest.raises(TypeError, match="PatchDiscriminator"):
         QualityCritic(torch.nn.Conv3d(8, 1, 3))
+
+
+def test_new_critic_starts_from_scratch_or_from_the_trained_discriminator(tmp_path: Path) -> None:
+    """``training_critic``'s default is a fresh network of the discriminator's architecture; ``start_from`` loads the
+    GAN's trained weights, and a missing file is named."""
+    _, discriminator = tiny_networks()
+    with torch.no_grad():
+        discriminator.initial_conv.conv.weight.add_(1.0)  # "trained": unlike any fresh initialisation
+    path = tmp_path / "discriminator.pt"
+    torch.save(discriminator.state_dict(), path)
+    architecture = lambda: Vox2VoxDiscriminator(in_channels=8, channels=4)  # noqa: E731
+
+    def body(critic: QualityCritic) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in critic.body.state_dict().items() if not k.startswith("final_conv")}
+
+    trained = {k: v for k, v in discriminator.state_dict().items() if not k.startswith("final_conv")}
+    started = new_critic(architecture, "cpu", start_from=path)
+    assert all(torch.equal(v, trained[k]) for k, v in body(started).items())
+    fresh = new_critic(architecture, "cpu")
+    assert body(fresh).keys() == trained.keys()
+    assert not torch.equal(body(fresh)["initial_conv.conv.weight"], trained["initial_conv.conv.weight"])
+    assert started(*(torch.zeros(1, 4, 16, 16, 16),) * 2).shape == fresh(*(torch.zeros(1, 4, 16, 16, 16),) * 2).shape
+    with pytest.raises(FileNotFoundError, match="discriminator.pt"):
+        new_critic(architecture, "cpu", start_from=tmp_path / "missing" / "discriminator.pt")
 
 
 def test_exact_error_shares_give_the_true_dice() -> None:
