@@ -4,7 +4,8 @@ The GAN's discriminator was trained to tell references from generated segmentati
 tells nothing apart (docs/quality.md). The critic keeps its architecture (``discriminator_def``), with its
 one-channel output convolution replaced by one with two channels per BraTS region, and is trained from scratch: a
 critic started from the discriminator's trained weights ranked the demo's shifted predictions worse (0.69-0.71
-against 0.74-0.76, three seeds each; :func:`new_critic` can still start from them). ``training_critic``
+against 0.67-0.79 on the benchmark's 20, 0.52-0.62 against 0.56-0.66 on 60 more; :func:`new_critic` can still start
+from them). ``training_critic``
 (configs/critic.yaml) trains it after the GAN, which stays as the paper trains it, on (image, segmentation) pairs
 whose errors are known (:class:`CriticTrainer`):
 
