@@ -5,9 +5,8 @@ tells nothing apart (docs/quality.md). The critic keeps its architecture (``disc
 one-channel output convolution replaced by one with two channels per BraTS region, and is trained from scratch: a
 critic started from the discriminator's trained weights ranked the demo's shifted predictions worse (0.69-0.71
 against 0.67-0.79 on the benchmark's 20, 0.52-0.62 against 0.56-0.66 on 60 more; :func:`new_critic` can still start
-from them). ``training_critic``
-(configs/critic.yaml) trains it after the GAN, which stays as the paper trains it, on (image, segmentation) pairs
-whose errors are known (:class:`CriticTrainer`):
+from them). ``training_critic`` (configs/critic.yaml) trains it after the GAN, which stays as the paper trains it,
+on (image, segmentation) pairs whose errors are known (:class:`CriticTrainer`):
 
 - the reference;
 - the trained generator's prediction of an intensity-augmented copy of the training image (each modality's
@@ -49,6 +48,7 @@ from bundle.checkpoints import check_writable_folder
 from bundle.handlers import write_atomically
 from bundle.inference import flip_dims, load_generator_weights
 from bundle.labels import REGIONS
+from bundle.networks import as_network
 from bundle.trainer import autocast_kwargs, stop_if_not_finite
 from bundle.transforms import class_map_to_regions
 
@@ -239,10 +239,8 @@ def new_critic(
     if start_from is not None:
         from bundle.quality import load_discriminator  # bundle.quality imports this module
 
-        discriminator = load_discriminator(discriminator, start_from, device)
-    elif not isinstance(discriminator, nn.Module):
-        discriminator = discriminator()
-    return QualityCritic(discriminator).to(device)
+        return QualityCritic(load_discriminator(discriminator, start_from, device)).to(device)
+    return QualityCritic(as_network(discriminator, "discriminator")).to(device)
 
 
 def load_critic(
@@ -261,9 +259,7 @@ def load_critic(
             raise FileNotFoundError(message)
         logger.warning(message)
         return None
-    if not isinstance(discriminator, nn.Module):
-        discriminator = discriminator()
-    critic = QualityCritic(discriminator)
+    critic = QualityCritic(as_network(discriminator, "discriminator"))
     if device is not None:
         critic = critic.to(device)
     return load_generator_weights(critic, path).eval()  # tensors only, errors name the file

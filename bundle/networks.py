@@ -7,16 +7,28 @@ and the discriminator 11,078,337.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["Vox2VoxGenerator", "Vox2VoxDiscriminator", "he_normal_init"]
+__all__ = ["Vox2VoxGenerator", "Vox2VoxDiscriminator", "as_network", "he_normal_init"]
 
 NEGATIVE_SLOPE = 0.3  # Keras' LeakyReLU default, which the authors used throughout
 NUM_DOWNSAMPLINGS = 4  # the generator halves the grid four times: inputs must be multiples of 2**4
+
+
+def as_network(network: nn.Module | Callable[[], nn.Module], name: str = "network") -> nn.Module:
+    """``network`` itself, or the network it makes when it is a callable (a config's ``_mode_: callable``
+    definition, e.g. ``discriminator_def``); anything else is an error naming ``name``."""
+    if isinstance(network, nn.Module):
+        return network
+    if not callable(network):
+        raise TypeError(f"{name} must be a torch.nn.Module or make one, got {type(network).__name__}")
+    return network()
 
 
 def he_normal_init(module: nn.Module) -> None:

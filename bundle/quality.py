@@ -64,6 +64,7 @@ from bundle.handlers import write_atomically
 from bundle.inference import flip_dims, load_generator_weights, save_map_on_input_grid
 from bundle.labels import REGIONS
 from bundle.metrics import dice
+from bundle.networks import as_network
 
 __all__ = [
     "CONFUSION_FRACTIONS",
@@ -263,10 +264,7 @@ def load_discriminator(
     network, or a callable making it, e.g. a config's ``_mode_: callable`` definition) on ``device``, in eval mode.
     A missing file is an error naming it and saying where it comes from."""
     path = os.fspath(path)
-    if not isinstance(discriminator, nn.Module):
-        if not callable(discriminator):
-            raise TypeError(f"discriminator must be a torch.nn.Module or make one, got {type(discriminator).__name__}")
-        discriminator = discriminator()
+    discriminator = as_network(discriminator, "discriminator")
     if device is not None:
         discriminator = discriminator.to(device)
     if not os.path.isfile(path):

@@ -307,13 +307,14 @@ def critic(trained: Path, data_dir: Path) -> Path:
 
 def test_critic_trains_from_config_alone_and_is_not_replaced_unasked(critic: Path, trained: Path,
                                                                      data_dir: Path) -> None:  # fmt: skip
-    from bundle.critic import PRIOR_ERROR, QualityCritic
+    from bundle.critic import QualityCritic
     from bundle.networks import Vox2VoxDiscriminator
 
     weights = torch.load(critic, weights_only=True)
-    QualityCritic(Vox2VoxDiscriminator(in_channels=8, channels=4)).load_state_dict(weights, strict=True)
+    network = QualityCritic(Vox2VoxDiscriminator(in_channels=8, channels=4))
     # trained, not just initialised: every output bias starts at the prior's logit, and each Adam step moves it
-    start = torch.full_like(weights["body.final_conv.bias"], float(np.log(PRIOR_ERROR / (1 - PRIOR_ERROR))))
+    start = network.body.final_conv.bias.detach().clone()
+    network.load_state_dict(weights, strict=True)
     assert (weights["body.final_conv.bias"] - start).abs().min() > 1e-6
     assert [p.name for p in critic.parent.iterdir() if p.name.startswith(".critic")] == []  # no temporary file
     again = subprocess.run(bundle_cmd("run", "training_critic", "--config_file", CRITIC_CONFIGS, "--dataset_dir",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator
+from bundle.networks import Vox2VoxDiscriminator, Vox2VoxGenerator, as_network
 
 
 def num_params(module: torch.nn.Module) -> int:
@@ -72,3 +72,14 @@ def test_discriminator_patch_logits() -> None:
     # the stride-1 stage has no dropout, as in the authors' code
     assert isinstance(disc.get_submodule("2.adn.D"), torch.nn.Identity)
     assert isinstance(disc.get_submodule("0.adn.D"), torch.nn.Dropout)
+
+
+def test_as_network_takes_a_network_or_what_makes_one() -> None:
+    """Configs pass a network, or with ``_mode_: callable`` its definition: both give the network; anything else is
+    an error naming the argument."""
+    network = Vox2VoxDiscriminator(in_channels=8, channels=4)
+    assert as_network(network) is network
+    made = as_network(lambda: Vox2VoxDiscriminator(in_channels=8, channels=4), "discriminator")
+    assert isinstance(made, Vox2VoxDiscriminator) and made is not network
+    with pytest.raises(TypeError, match="discriminator must be a torch.nn.Module or make one, got str"):
+        as_network("models/discriminator.pt", "discriminator")
