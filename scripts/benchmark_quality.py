@@ -62,13 +62,19 @@ SCORES: dict[str, tuple[str, bool, str]] = {
     "volume_ml": ("dice_mean", True, "baseline: whole-tumour volume of the segmentation"),
     "confidence": ("dice_mean", True, "baseline: model's mean softmax probability of the segmentation's classes"),
     "confidence_wt": ("dice_WT", True, "baseline: model's mean probability of tumour / background as segmented"),
+    "expected_dice": ("dice_mean", True, "baseline: the mean Dice the model's probabilities expect (ET, TC, WT)"),
+    "expected_dice_wt": ("dice_WT", True, "baseline: the WT Dice the model's probabilities expect"),
     "critic_dice_mean": ("dice_mean", True, "the quality critic's estimated mean Dice (alone, uncalibrated)"),
     "critic_dice_WT": ("dice_WT", True, "the quality critic's estimated WT Dice"),
     "critic_dice_TC": ("dice_TC", True, "the quality critic's estimated TC Dice"),
     "critic_dice_ET": ("dice_ET", True, "the quality critic's estimated ET Dice"),
 }
 #: the voxel maps whose AUROC against the true error map (segmentation != reference, in the brain) is reported
-MAPS: dict[str, str] = {"critic_auroc": "the critic's error map", "d_auroc": "the discriminator's 1 - D"}
+MAPS: dict[str, str] = {
+    "critic_auroc": "the critic's error map",
+    "d_auroc": "the discriminator's 1 - D",
+    "model_error_auroc": "baseline: the model's probability that a voxel is not of its class",
+}
 
 
 def bundle_run(bundle_root: Path, configs: Sequence[str], *overrides: str, workflow: str = "calibrating") -> None:
@@ -97,7 +103,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 D_SCORES = ("d_score", "d_score_low", "d_score_tumour")
 D_AND_UNCERTAINTY = (*D_SCORES, "uncertainty")
 CONFIDENCE_ONLY = ("confidence", "confidence_wt")
-WITHOUT_CRITIC = ("uncertainty", "confidence", "confidence_wt")  # the bundle's calibration before the critic
+WITHOUT_CRITIC = ("uncertainty", "confidence", "confidence_wt", "expected_dice", "expected_dice_wt")  # all but it
 WITH_D = (*D_SCORES, *WITHOUT_CRITIC)
 CRITIC_ONLY = ("critic_dice_mean", "critic_dice_WT")
 WITH_CRITIC = (*WITHOUT_CRITIC, *CRITIC_ONLY)

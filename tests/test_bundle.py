@@ -348,8 +348,8 @@ def test_quality_check_calibrates_infers_and_evaluates(
                    str(trained), "--num_folds", "3", "--corruption_levels", "[3]", "--tta_flip_axes", "[0]",
                    "--calibration_rows_csv", str(rows_csv), *TINY))  # fmt: skip
     calibration = json.loads((trained / "models" / "quality_calibration.json").read_text())
-    assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt", "critic_dice_mean",
-                                       "critic_dice_WT"]  # fmt: skip
+    assert calibration["features"] == ["uncertainty", "confidence", "confidence_wt", "expected_dice",
+                                       "expected_dice_wt", "critic_dice_mean", "critic_dice_WT"]  # fmt: skip
     assert calibration["link"] == "logit" and set(calibration["weights"]) == {"generator", "discriminator", "critic"}
     assert len(calibration["cases"]) == 2  # the held-out fold of six cases in three folds
     # per case: prediction, reference and one corruption of each kind at level 3
@@ -385,9 +385,10 @@ def test_quality_check_calibrates_infers_and_evaluates(
         quality = list(csv.DictReader(f))
     assert [r["case_id"] for r in quality] == cases
     assert list(quality[0]) == ["case_id", "d_score", "d_score_low", "uncertainty", "volume_ml", "confidence",
-                                "confidence_wt", "d_score_tumour", *CRITIC_SCORES, "est_dice_WT",
-                                "est_dice_mean"]  # fmt: skip
-    assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in CRITIC_SCORES)
+                                "confidence_wt", "expected_dice", "expected_dice_wt", "d_score_tumour", *CRITIC_SCORES,
+                                "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    expected_dice = ("expected_dice", "expected_dice_wt")
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in (*CRITIC_SCORES, *expected_dice))
     assert all(0.0 <= float(r[k]) <= 1.0 for r in quality for k in ("est_dice_WT", "est_dice_mean"))
     with open(out / "quality_ranking.csv") as f:
         ranking = list(csv.DictReader(f))
@@ -401,8 +402,8 @@ def test_quality_check_calibrates_infers_and_evaluates(
     with open(eval_dir / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     default = ["case_id"] + [f"{r}_{m}" for r in ("ET", "TC", "WT") for m in METRIC_NAMES]
-    quality = ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "confidence_wt", "d_score_tumour",
-               *CRITIC_SCORES, "est_dice_WT", "est_dice_mean"]  # fmt: skip
+    quality = ["d_score", "d_score_low", "uncertainty", "volume_ml", "confidence", "confidence_wt", *expected_dice,
+               "d_score_tumour", *CRITIC_SCORES, "est_dice_WT", "est_dice_mean"]  # fmt: skip
     assert list(metrics[0]) == default + quality
     assert len(metrics) == 2 and all(0.0 <= float(r["est_dice_mean"]) <= 1.0 for r in metrics)
 

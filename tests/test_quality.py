@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from monai.inferers import SimpleInferer
 
+from bundle.critic import region_masks
 from bundle.inference import EnsembleInferer, entropy
 from bundle.networks import Vox2VoxDiscriminator
 from bundle.quality import (
@@ -25,6 +26,7 @@ from bundle.quality import (
     SplitUncertaintyd,
     apply_calibration,
     corruptions,
+    expected_dice,
     fit_calibration,
     load_calibration,
     load_discriminator,
@@ -109,6 +111,27 @@ def test_corruptions_reject_bad_input() -> None:
         corruptions(ref, brain, kinds=["blur"])
 
 
+def test_the_models_expected_dice_is_the_true_dice_when_it_is_sure() -> None:
+    """Probabilities that are the reference's one-hot map expect each corruption's true Dice, region by region;
+    softer ones expect less of the reference itself; no tumour where the model is sure of none scores 1."""
+    ref, brain = _tumour()
+    sure = torch.nn.functional.one_hot(torch.as_tensor(ref), 4).movedim(-1, 0)[None].float()
+    for corrupted in corruptions(ref, brain, rng=0, levels=[2]):
+        expected = expected_dice(region_masks(torch.as_tensor(corrupted.classes)[None]), sure)[0].numpy()
+        true = [region_dice(corrupted.classes, ref)[f"dice_{r}"] for r in ("ET", "TC", "WT")]
+        np.testing.assert_allclose(expected, true, atol=1e-6)
+    tumour = torch.as_tensor(ref > 0)
+    softer = expected_dice(region_masks(torch.as_tensor(ref)[None]), torch.where(tumour, 0.8 * sure + 0.05, sure))[0]
+    assert torch.all(softer < 0.98) and torch.all(softer > 0.8)  # doubt inside the tumour
+    nothing = torch.zeros(1, 4, *SHAPE)
+    nothing[:, 0] = 1.0
+    assert expected_dice(torch.zeros(1, 3, *SHAPE), nothing).tolist() == [[1.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="region masks"):
+        expected_dice(torch.zeros(1, 4, *SHAPE), nothing)
+    with pytest.raises(ValueError, match="probabilities on the regions' grid"):
+        expected_dice(torch.zeros(1, 3, *SHAPE), nothing[:, :, :20])
+
+
 def test_discriminator_map_is_on_the_image_grid() -> None:
     torch.manual_seed(0)
     scorer = QualityScorer(Vox2VoxDiscriminator(in_channels=8, channels=4), spacing=(2.0, 2.0, 2.0))
@@ -127,7 +150,12 @@ def test_discriminator_map_is_on_the_image_grid() -> None:
     assert scores["d_score_low"] <= scores["d_score"]
     assert scores["volume_ml"] == pytest.approx(1000 * 8 / 1000)  # 1000 voxels of 8 mm^3
     assert 0.0 <= scores["confidence"] <= 1.0 and scores["uncertainty"] >= 0.0
+    expected = expected_dice(region_masks(classes[None]), probs[None])[0]  # ET and TC empty, WT the block
+    assert scores["expected_dice_wt"] == pytest.approx(float(expected[2])) and expected[2] < 0.5  # random probs
+    assert scores["expected_dice"] == pytest.approx(float(expected.mean()))
     assert math.isnan(scores["est_dice_WT"]) and math.isnan(scores["est_dice_mean"])  # no calibration
+    nothing, _ = scorer.score(image, classes)
+    assert all(math.isnan(nothing[k]) for k in ("confidence", "expected_dice", "expected_dice_wt"))
 
 
 class _FixedField(nn.Module):
@@ -213,8 +241,9 @@ def test_calibration_recovers_a_linear_relation_and_round_trips(tmp_path: Path) 
 
 
 def test_calibration_on_critic_scores_without_a_critic_says_what_to_run() -> None:
-    rows = [{"uncertainty": 0.1 * n, "confidence": 0.5, "confidence_wt": 0.5, "critic_dice_mean": math.nan,
-             "critic_dice_WT": math.nan, "dice_WT": 0.5, "dice_mean": 0.5} for n in range(10)]  # fmt: skip
+    rows = [{"uncertainty": 0.1 * n, "confidence": 0.5, "confidence_wt": 0.5, "expected_dice": 0.5,
+             "expected_dice_wt": 0.5, "critic_dice_mean": math.nan, "critic_dice_WT": math.nan, "dice_WT": 0.5,
+             "dice_mean": 0.5} for n in range(10)]  # fmt: skip
     with pytest.raises(ValueError, match=r"\['critic_dice_WT', 'critic_dice_mean'\] are NaN .*run `training_critic`"):
         fit_calibration(rows)  # the default features include the critic's
 
@@ -331,8 +360,10 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
                      "critic_dice_TC": dice, "d_score": dice + 0.01 * rng.random(), "d_score_low": rng.random(),
                      "d_score_tumour": dice, "uncertainty": 1.0 - dice, "volume_ml": rng.random(),
                      "confidence": dice, "confidence_wt": dice, "d_score_probabilities": 0.5,
+                     "expected_dice": 1 - dice, "expected_dice_wt": rng.random(),
                      "critic_dice_mean": dice**2, "critic_dice_WT": 1 - rng.random(),
-                     "critic_auroc": 0.9 if n % 4 == 0 else 0.7, "d_auroc": math.nan})  # fmt: skip
+                     "critic_auroc": 0.9 if n % 4 == 0 else 0.7, "d_auroc": math.nan,
+                     "model_error_auroc": 0.6})  # fmt: skip
     calibration = fit_calibration(rows, ["d_score_tumour"])
     results = summarise(rows, calibration, calibration_rows=rows)
     scores = results["scores"]
@@ -351,6 +382,8 @@ def test_benchmark_summary_orients_and_compares_scores() -> None:
     assert results["maps"]["critic_auroc"]["predictions"] == {"n": 10, "auroc": pytest.approx(0.9)}
     assert results["maps"]["critic_auroc"]["all"]["auroc"] == pytest.approx(0.75)
     assert results["maps"]["d_auroc"]["all"]["n"] == 0  # NaN (nothing wrong) is left out
+    assert results["maps"]["model_error_auroc"]["all"] == {"n": 40, "auroc": pytest.approx(0.6)}
+    assert scores["expected_dice"]["all"]["spearman"] == pytest.approx(-1.0)  # a baseline, reported as it ranks
     assert results["num_cases"] == 10 and results["num_rows"] == 40
 
 
