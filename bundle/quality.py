@@ -591,13 +591,14 @@ def load_calibration(
 
 
 def rank_worst_first(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], str]:
-    """``rows`` sorted worst first, and the score used: the estimated mean Dice when calibrated, else the critic's
-    mean Dice when there is a critic, else ``d_score``."""
+    """``rows`` sorted worst first, and the score used: the estimated mean Dice when calibrated, else the model's
+    expected Dice when its probabilities were scored (it ranks the demo's predictions better than the critic alone,
+    docs/quality.md), else the critic's mean Dice when there is a critic, else ``d_score``."""
 
     def known(key: str) -> bool:
         return bool(rows) and all(math.isfinite(float(r.get(key, math.nan))) for r in rows)
 
-    key = next((k for k in ("est_dice_mean", "critic_dice_mean") if known(k)), "d_score")
+    key = next((k for k in ("est_dice_mean", "expected_dice", "critic_dice_mean") if known(k)), "d_score")
     return sorted(rows, key=lambda r: (float(r[key]), str(r.get("case_id", "")))), key
 
 

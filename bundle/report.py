@@ -588,8 +588,8 @@ def read_ranking(path: PathLike) -> list[dict[str, str]]:
 
 
 #: the quality ranking's columns shown in the report, where present: estimates first, then the raw scores
-RANKING_COLUMNS = ("est_dice_mean", "est_dice_WT", "critic_dice_mean", "critic_dice_WT", "d_score", "uncertainty",
-                   "confidence")  # fmt: skip
+RANKING_COLUMNS = ("est_dice_mean", "est_dice_WT", "expected_dice", "critic_dice_mean", "critic_dice_WT", "d_score",
+                   "uncertainty", "confidence")  # fmt: skip
 
 
 def _ranking_table(ranking: Sequence[dict[str, str]]) -> str:
@@ -633,10 +633,10 @@ def write_html(
         parts += ["<h2>Dice per case</h2>", _metrics_table(case_ids, *metrics)]
     if ranking:
         parts += ["<h2>Quality check: worst first</h2>",
-                  "<p>Cases to review first: sorted by the estimated mean Dice (the quality critic's estimate with the "
-                  "model's confidence and uncertainty, calibrated on validation cases; see docs/quality.md), or by "
-                  "the critic's own estimate (without a critic: the raw discriminator score) when no calibration "
-                  "was available.</p>", _ranking_table(ranking)]  # fmt: skip
+                  "<p>Cases to review first: sorted by the estimated mean Dice (the Dice the model's probabilities "
+                  "expect, its confidence and uncertainty and the quality critic's estimate, calibrated on "
+                  "validation cases; see docs/quality.md), or by the model's expected Dice when no calibration was "
+                  "available.</p>", _ranking_table(ranking)]  # fmt: skip
     parts.append(f"<h2>Cases ({len(case_ids)})</h2>")
     parts.append("<p>Prediction and reference over FLAIR and T1ce, slices through the centre of the whole tumour; "
                  "radiological convention (patient's right on the left).</p>")  # fmt: skip

@@ -323,6 +323,10 @@ def test_rankings() -> None:
     ranked, key = rank_worst_first([{**r, "est_dice_mean": math.nan, "critic_dice_mean": critic[r["case_id"]]}
                                     for r in rows])  # fmt: skip
     assert key == "critic_dice_mean" and [r["case_id"] for r in ranked] == ["a", "b", "c"]
+    expected = {"a": 0.8, "b": 0.4, "c": 0.6}  # uncalibrated, with the model's probabilities: its expected Dice
+    ranked, key = rank_worst_first([{**r, "est_dice_mean": math.nan, "critic_dice_mean": critic[r["case_id"]],
+                                     "expected_dice": expected[r["case_id"]]} for r in rows])  # fmt: skip
+    assert key == "expected_dice" and [r["case_id"] for r in ranked] == ["b", "c", "a"]
     truth = list(range(20))
     assert top_fraction_recall(truth, truth) == 1.0
     assert top_fraction_recall(truth[::-1], truth) == 0.0
