@@ -60,7 +60,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from bundle.checkpoints import check_writable_folder
-from bundle.critic import CRITIC_SCORE_NAMES, QualityCritic, criticise, region_masks
+from bundle.critic import CRITIC_SCORE_NAMES, QualityCritic, criticise, region_masks, true_dice
 from bundle.datalist import case_id_from_path
 from bundle.handlers import write_atomically
 from bundle.inference import flip_dims, load_generator_weights, save_map_on_input_grid
@@ -137,18 +137,17 @@ CALIBRATION_VERSION = 2
 def expected_dice(segmentation_regions: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
     """``(B, 3)``: the Dice of each region mask ``(B, 3, *spatial)`` (ET, TC, WT) that the model's ``probabilities``
     ``(B, 4, *spatial)`` expect, ``2 TP / (2 TP + FP + FN)`` of the expected counts (a region's probability the sum
-    of its classes'); 1 when both the region and its probabilities are empty (BraTS rule). A baseline of the quality
-    check: on the demo's shifted cases it ranks the model's predictions best (docs/quality.md)."""
+    of its classes'): the soft Dice of the masks against those region probabilities (:func:`bundle.critic.true_dice`);
+    1 when both the region and its probabilities are empty (BraTS rule). A baseline of the quality check: on the
+    demo's shifted cases it ranks the model's predictions best (docs/quality.md)."""
     if segmentation_regions.ndim < 3 or segmentation_regions.shape[1] != len(REGIONS):
         raise ValueError(f"expected (B, 3, *spatial) region masks, got {tuple(segmentation_regions.shape)}")
     if probabilities.shape[1:2] != (NUM_CLASSES,) or probabilities.shape[2:] != segmentation_regions.shape[2:]:
         raise ValueError(f"expected (B, 4, *spatial) probabilities on the regions' grid, got "
                          f"{tuple(probabilities.shape)} for {tuple(segmentation_regions.shape)}")  # fmt: skip
-    s, probs = segmentation_regions.float(), probabilities.float()
-    q = torch.stack([probs[:, list(members)].sum(1) for members in REGIONS.values()], 1).clamp(0, 1)
-    tp = (s * q).flatten(2).sum(-1)
-    errors = (s * (1 - q) + (1 - s) * q).flatten(2).sum(-1)
-    return torch.where(2 * tp + errors > 0, 2 * tp / (2 * tp + errors).clamp_min(1e-12), torch.ones_like(tp))
+    probs = probabilities.float()
+    region_probabilities = torch.stack([probs[:, list(members)].sum(1) for members in REGIONS.values()], 1)
+    return true_dice(segmentation_regions.float(), region_probabilities.clamp(0, 1))
 
 
 def region_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
